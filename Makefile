@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make run`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.toml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test bench-ingest setup clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Exactly this pin: a CPU wheel is on disk here, and on a GPU machine the same pin gets CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,postgres]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The main job: load the example corpus, ingest the example feedback log, show the status.
+run: setup
+	$(VENV)/bin/ragloop -c $(CONFIG) corpus load examples/corpus.jsonl
+	$(VENV)/bin/ragloop -c $(CONFIG) ingest
+	$(VENV)/bin/ragloop -c $(CONFIG) status
+
+test: setup
+	$(PY) -m pytest
+
+bench-ingest: setup
+	$(PY) bench/ingest.py --events 500000
+
+clean:
+	rm -rf $(VENV) state .pytest_cache

@@ -1,0 +1,200 @@
+"""The store: tables (sqlmodel) and the engine, migrated to the current schema on open.
+
+SQLite (WAL) by default, PostgreSQL by URL. The schema is versioned with Alembic; the revisions in
+``daemon/migrations/versions`` are the only way the schema changes, so upgrading the daemon upgrades a
+store in place and never drops pairs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import JSON, Column, Field, SQLModel
+
+from daemon.errors import StoreError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Chunk(SQLModel, table=True):
+    __tablename__ = "chunks"
+    id: str = Field(primary_key=True)
+    text: str
+    text_hash: str = Field(index=True)
+    doc: str | None = None
+    meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    first_seen: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    last_seen: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    removed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class FeedbackEvent(SQLModel, table=True):
+    __tablename__ = "feedback_events"
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(sa_type=sa.DateTime(timezone=True))  # no index: windows read event_counts
+    query: str
+    # The log line exactly as written (all fields, including any extra ones production adds);
+    # query it with json_extract(raw, '$.expected_ids') on SQLite or raw->'expected_ids' on PostgreSQL.
+    raw: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    request_id: str | None = None
+    source: str | None = None
+    kind: str = Field(max_length=8)  # "miss" | "hit"
+    rank: int | None = None  # 1-based rank of the best expected id in retrieved_ids; None for a miss
+    file: str
+    offset: int = Field(sa_type=sa.BigInteger)
+    line_no: int = Field(sa_type=sa.BigInteger)
+    cursor_id: int
+
+
+class EventCount(SQLModel, table=True):
+    """Events per UTC hour and kind, kept in step with feedback_events (same transaction).
+
+    Miss-rate windows and metrics read this instead of scanning or indexing the events table.
+    """
+
+    __tablename__ = "event_counts"
+    hour: str = Field(primary_key=True, max_length=13)  # "YYYY-MM-DD HH" (UTC)
+    kind: str = Field(primary_key=True, max_length=8)
+    count: int = 0
+
+
+class TrainingPair(SQLModel, table=True):
+    __tablename__ = "training_pairs"
+    __table_args__ = (sa.UniqueConstraint("query_norm", "chunk_id", name="uq_pair_query_chunk"),)
+    id: int | None = Field(default=None, primary_key=True)
+    query: str  # the text as first seen
+    query_norm: str
+    chunk_id: str = Field(index=True)
+    hard_negative_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    count: int = 1
+    miss_count: int = 0
+    hit_count: int = 0
+    last_rank: int | None = None
+    split: str = Field(max_length=8)  # "train" | "heldout"
+    origin: str = Field(max_length=16)  # "failure" | "hit" | "synthetic"
+    generator: str | None = None  # the model that wrote a synthetic question
+    first_seen: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    last_seen: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class IngestCursor(SQLModel, table=True):
+    __tablename__ = "ingest_cursors"
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(unique=True, index=True)  # sha256 of the file's first line: follows renames and .gz
+    path: str  # where it was last seen
+    dev: int = Field(sa_type=sa.BigInteger)
+    inode: int = Field(sa_type=sa.BigInteger)
+    offset: int = Field(default=0, sa_type=sa.BigInteger)  # bytes of (decompressed) content consumed
+    line_no: int = Field(default=0, sa_type=sa.BigInteger)
+    complete: bool = False  # a compressed file read to its end: never read again
+    size: int = Field(default=0, sa_type=sa.BigInteger)  # file size when last read
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class Quarantine(SQLModel, table=True):
+    __tablename__ = "quarantine"
+    id: int | None = Field(default=None, primary_key=True)
+    file: str
+    line_no: int = Field(sa_type=sa.BigInteger)
+    offset: int = Field(sa_type=sa.BigInteger)
+    reason: str
+    raw: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    resolved_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+def open_store(url: str, *, echo: bool = False, migrate: bool = True) -> Engine:
+    """Create the engine for ``url`` and bring its schema to the current revision.
+
+    Raises:
+        StoreError: when the database cannot be reached or migrated, naming the URL (without password).
+    """
+    safe = sa.engine.make_url(url).render_as_string(hide_password=True)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, echo=echo, **_engine_options(url))
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            with engine.connect():
+                pass
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open the store at {safe}: {exc.orig}; check store.url") from None
+    return engine
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[sa.Connection]:
+    """A transaction that intends to write.
+
+    On SQLite it starts with BEGIN IMMEDIATE, taking the write lock up front: a deferred transaction
+    that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT) when another writer committed in
+    between, instead of waiting its turn.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(sqlite_immediate=True)
+        with conn.begin():
+            yield conn
+
+
+@sa.event.listens_for(Engine, "begin")
+def _sqlite_begin(conn: sa.Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
+
+
+@sa.event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    if type(dbapi_conn).__module__.startswith("sqlite3"):
+        # SQLAlchemy emits BEGIN itself (above), so the driver's implicit transactions are off.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        # WAL: readers (status, search) never block the ingester. synchronous=NORMAL is durable
+        # across process crashes (SIGKILL), which is what the exactly-once guarantee needs.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints fsync; at the default (1000 pages) a bulk ingest spent a third of its time there.
+        cur.execute("PRAGMA wal_autocheckpoint=16384")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+def _alembic_config(connection: sa.Connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every pending migration in one transaction per revision."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+
+from daemon.cli import main
+from daemon.config import load_settings
+from daemon.errors import ConfigError
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('state_dir = "st"\n[ingest]\npaths = ["logs/*.jsonl"]\n')
+    s = load_settings(cfg)
+    assert s.state_dir == tmp_path / "st"
+    assert s.ingest.paths == [str(tmp_path / "logs/*.jsonl")]
+    assert s.store_url == f"sqlite:///{tmp_path / 'st' / 'ragloop.db'}"
+    assert s.ingest.k == 10 and s.gate.heldout_fraction == 0.2
+
+
+def test_repo_config_is_valid():
+    from conftest import REPO
+
+    s = load_settings(REPO / "config.toml")
+    assert s.ingest.batch_lines == 2000
+
+
+def test_every_bad_field_is_listed_with_a_hint(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[ingest]\nk = "ten"\nbatch_lines = 0\ntypo_field = 1\n'
+        '[gate]\nheldout_fraction = 1.5\n[log]\nlevel = "loud"\n[store]\nurl = "mysql://x"\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    problems = "\n".join(exc.value.problems)
+    for field in ("ingest.k", "ingest.batch_lines", "ingest.typo_field", "gate.heldout_fraction", "log.level",
+                  "store.url"):
+        assert field in problems, field
+    assert len(exc.value.problems) == 6
+    assert "unknown setting" in problems and "write" in problems
+
+
+def test_bad_config_exits_2_naming_fields(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[ingest]\nk = -1\nmax_ids = "many"\n')
+    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "-c", str(cfg), "status"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "ingest.k" in proc.stderr and "ingest.max_ids" in proc.stderr
+
+
+def test_not_toml_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    assert main(["-c", str(bad), "status"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["-c", str(tmp_path / "absent.toml"), "status"]) == 2
+    assert "file not found" in capsys.readouterr().err
