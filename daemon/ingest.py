@@ -1,0 +1,469 @@
+"""Ingest: tail production feedback logs into events and training pairs, exactly once.
+
+A file is identified by a fingerprint of its first line (which survives rename rotation and
+compression to .gz) plus device+inode. The byte offset reached is committed in the same
+transaction as the rows read before it, with a compare-and-swap on the old offset, so a crash at
+any instant neither loses nor duplicates a line, and two ingesters never both commit the same lines.
+
+A large backlog is parsed in a forked reader process while this process writes: on two cores that
+doubles throughput. Batches still commit one at a time, in file order, each with its offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import glob
+import gzip
+import hashlib
+import multiprocessing
+import os
+import queue
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterator, NamedTuple
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon.config import Settings
+from daemon.corpus import known_chunk_ids
+from daemon.errors import LogLineError
+from daemon.logline import UNKNOWN_ID, Event, Limits, parse_event
+from daemon.pairs import PairBatch, QueryKeys, placeholders, quote, upsert_sql
+from daemon.store import FeedbackEvent, IngestCursor, Quarantine, utcnow, write_tx
+
+log = structlog.get_logger(__name__)
+events_t = FeedbackEvent.__table__
+cursors_t = IngestCursor.__table__
+quarantine_t = Quarantine.__table__
+
+FINGERPRINT_BYTES = 1024
+# Below this much unread data the fork costs more than it saves.
+PARALLEL_MIN_BYTES = 8 << 20
+
+
+@dataclass
+class IngestReport:
+    files: int = 0
+    lines: int = 0
+    events: int = 0
+    misses: int = 0
+    hits: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+
+    def add(self, other: "IngestReport") -> None:
+        for name in ("files", "lines", "events", "misses", "hits", "quarantined", "bytes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped_files += other.skipped_files
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "skipped_files"}
+        d["miss_rate"] = round(self.misses / self.events, 4) if self.events else None
+        return d
+
+
+def limits_from(settings: Settings, known_ids: set[str]) -> Limits:
+    s = settings.ingest
+    return Limits(s.k, s.max_query_chars, s.max_ids, known_ids if s.require_known_ids else None)
+
+
+def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = None) -> IngestReport:
+    """Read every new complete line of the configured logs (or of ``files``) into the store.
+
+    Returns:
+        What was read, summed over files.
+    """
+    paths = files if files is not None else expand_globs(settings.ingest.paths)
+    with engine.connect() as conn:
+        limits = limits_from(settings, known_chunk_ids(conn))
+    total = IngestReport()
+    seen_fingerprints: set[str] = set()
+    with _no_cyclic_gc():
+        for path in paths:
+            total.add(_ingest_path(engine, settings, limits, path, seen_fingerprints))
+    log.info("ingest.pass", **total.as_dict())
+    return total
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Batches hold thousands of fresh containers; the cyclic GC rescanning them tripled the cost
+    of a line. Ingest makes no reference cycles, so reference counting alone frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def expand_globs(patterns: list[str]) -> list[str]:
+    """Files matching the patterns, oldest first, so a rotated file is finished before its successor."""
+    found = {p for pat in patterns for p in glob.glob(pat) if os.path.isfile(p)}
+    return sorted(found, key=lambda p: (_mtime(p), p))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _ingest_path(engine: Engine, settings: Settings, limits: Limits, path: str, seen: set[str]) -> IngestReport:
+    rep = IngestReport()
+    is_gz = path.endswith(".gz")
+    try:
+        with open(path, "rb") as raw_fh:
+            st = os.fstat(raw_fh.fileno())
+            fh: IO[bytes] = gzip.GzipFile(fileobj=raw_fh) if is_gz else raw_fh
+            fp = _fingerprint(fh)
+            if fp is None or fp in seen:
+                return rep  # no complete first line yet, or this content was just read under another name
+            seen.add(fp)
+            cursor = _claim_cursor(engine, fp, path, st, is_gz)
+            if cursor is None:
+                return rep
+            rep.files = 1
+            _read(engine, settings, limits, fh, cursor, st, rep)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        # Rotated away, unreadable or a corrupt .gz: what was committed stays; go on with the next file.
+        log.warning("ingest.file_error", file=path, error=str(exc))
+        rep.skipped_files.append(path)
+    if rep.files:
+        log.info("ingest.file", file=path, **{k: v for k, v in rep.as_dict().items() if k != "files"})
+    return rep
+
+
+def _fingerprint(fh: IO[bytes]) -> str | None:
+    fh.seek(0)
+    head = fh.read(FINGERPRINT_BYTES)
+    nl = head.find(b"\n")
+    if nl < 0 and len(head) < FINGERPRINT_BYTES:
+        return None
+    return hashlib.sha256(head[: nl + 1] if nl >= 0 else head).hexdigest()
+
+
+def _claim_cursor(engine: Engine, fp: str, path: str, st: os.stat_result, is_gz: bool) -> dict[str, Any] | None:
+    """Find (or create) the cursor for this content. Returns None when there is nothing to read."""
+    try:
+        return _find_or_create_cursor(engine, fp, path, st, is_gz)
+    except sa.exc.IntegrityError:  # another ingester created it first: use theirs
+        return _find_or_create_cursor(engine, fp, path, st, is_gz)
+
+
+def _find_or_create_cursor(engine: Engine, fp: str, path: str, st: os.stat_result, is_gz: bool):
+    with write_tx(engine) as conn:
+        # FOR UPDATE: on PostgreSQL another ingester must not move the offset between this read and
+        # the write below (SQLite's BEGIN IMMEDIATE already serializes the whole transaction).
+        rows = conn.execute(sa.select(cursors_t).where(cursors_t.c.fingerprint == fp).with_for_update()).mappings().all()
+        same_inode = [r for r in rows if (r["dev"], r["inode"]) == (st.st_dev, st.st_ino)]
+        row = (same_inode or sorted(rows, key=lambda r: -r["offset"]) or [None])[0]
+        if row is None:
+            values = dict(fingerprint=fp, path=path, dev=st.st_dev, inode=st.st_ino, offset=0, line_no=0,
+                          complete=False, size=st.st_size, updated_at=utcnow())
+            new_id = conn.execute(cursors_t.insert().values(**values)).inserted_primary_key[0]
+            return {**values, "id": new_id}
+        cur = dict(row)
+        if cur["complete"]:
+            return None
+        if not is_gz and st.st_size < cur["offset"]:
+            # copytruncate, and the new content starts with the same line: start over.
+            log.warning("ingest.truncated", file=path, size=st.st_size, offset=cur["offset"])
+            cur.update(offset=0, line_no=0)
+        elif not is_gz and st.st_size == cur["offset"] and cur["path"] == path:
+            return None  # nothing new
+        conn.execute(cursors_t.update().where(cursors_t.c.id == cur["id"]).values(
+            path=path, dev=st.st_dev, inode=st.st_ino, offset=cur["offset"], line_no=cur["line_no"]))  # locked above
+        cur.update(path=path, dev=st.st_dev, inode=st.st_ino)
+        return cur
+
+
+class _Prepared(NamedTuple):
+    """A batch of lines ready for the driver: everything a commit needs, and picklable."""
+
+    start_offset: int
+    end_offset: int
+    end_line: int
+    lines: int
+    misses: int
+    hits: int
+    event_rows: list[tuple[Any, ...]]
+    hour_counts: list[tuple[str, str, int]]
+    pair_rows: list[tuple[Any, ...]]
+    bad_rows: list[dict[str, Any]]
+
+
+@dataclass
+class _ReadSpec:
+    """What a reader needs to turn bytes into prepared batches (no engine, no connection)."""
+
+    path: str
+    cursor_id: int
+    limits: Limits
+    batch_lines: int
+    max_line_bytes: int
+    raw_chars: int
+    keys: QueryKeys
+
+
+def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cursor, st, rep: IngestReport) -> None:
+    s = settings.ingest
+    spec = _ReadSpec(cursor["path"], cursor["id"], limits, s.batch_lines, s.max_line_bytes, s.quarantine_raw_chars,
+                     QueryKeys(settings.gate.heldout_fraction))
+    fh.seek(cursor["offset"])
+    remaining = (st.st_size * 5 if isinstance(fh, gzip.GzipFile) else st.st_size) - cursor["offset"]
+    batches = _batches(fh, cursor["offset"], cursor["line_no"], spec)
+    if remaining >= PARALLEL_MIN_BYTES:
+        batches = _in_reader_process(fh, cursor["offset"], cursor["line_no"], spec)
+    sqls = (_insert_events_sql(engine.dialect), upsert_sql(engine.dialect))
+    for prepared in batches:
+        if not _commit(engine, sqls, cursor, prepared, st.st_size, rep):
+            batches.close()
+            return
+    if isinstance(fh, gzip.GzipFile) and not fh.read(1):
+        with engine.begin() as conn:  # a .gz is final once rotated: never decompress it again
+            conn.execute(cursors_t.update().where(cursors_t.c.id == cursor["id"]).values(complete=True))
+
+
+def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec) -> Iterator[_Prepared]:
+    """Complete lines from ``offset`` on, as prepared batches of up to ``spec.batch_lines`` lines."""
+    batch = _Batch(spec, offset)
+    limit = spec.max_line_bytes
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            break
+        if line[-1] != 10:  # no newline
+            if len(line) <= limit:
+                break  # a partial last line: wait for its newline
+            skipped = _skip_to_newline(fh)
+            if skipped is None:
+                break  # the oversized line is still being written
+            line_no += 1
+            batch.quarantine(line_no, offset, f"line longer than ingest.max_line_bytes={limit}", line)
+            offset += len(line) + skipped
+        else:
+            line_no += 1
+            batch.add(line, line_no, offset)
+            offset += len(line)
+        if batch.size >= spec.batch_lines:
+            yield batch.prepare(offset, line_no)
+            batch = _Batch(spec, offset)
+    if batch.size:
+        yield batch.prepare(offset, line_no)
+
+
+def _skip_to_newline(fh: IO[bytes]) -> int | None:
+    skipped = 0
+    while True:
+        chunk = fh.readline(1 << 20)
+        if not chunk:
+            return None
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            return skipped
+
+
+def _in_reader_process(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec) -> Iterator[_Prepared]:
+    """Run `_batches` in a forked child (it inherits ``fh``) and yield what it sends.
+
+    A thread drains the pipe into a queue of two batches, so the child parses on while this process
+    commits; the bounded queue keeps memory bounded and the child never runs far ahead.
+    """
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_reader_main, args=(fh, offset, line_no, spec, send), daemon=True)
+    child.start()
+    send.close()
+    inbox: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    drainer = threading.Thread(target=_drain, args=(recv, inbox, stop), name="ragloop-ingest-recv", daemon=True)
+    drainer.start()
+    try:
+        while (msg := inbox.get()) is not None:
+            if isinstance(msg, BaseException):
+                raise msg
+            yield msg
+    finally:
+        stop.set()
+        if child.is_alive():
+            child.terminate()
+        child.join()
+        drainer.join()
+        recv.close()
+
+
+def _drain(recv, inbox: queue.Queue, stop: threading.Event) -> None:
+    try:
+        while not stop.is_set():
+            msg = recv.recv()
+            _put(inbox, msg, stop)
+            if msg is None or isinstance(msg, BaseException):
+                return
+    except (EOFError, OSError):
+        _put(inbox, OSError("the ingest reader process died; committed batches are kept"), stop)
+
+
+def _put(inbox: queue.Queue, msg: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            inbox.put(msg, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _reader_main(fh, offset, line_no, spec, send) -> None:
+    gc.disable()
+    try:
+        for prepared in _batches(fh, offset, line_no, spec):
+            send.send(prepared)
+        send.send(None)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    except Exception as exc:  # hand it to the parent, which logs it and keeps what was committed
+        send.send(OSError(f"reader: {exc!r}"))
+    finally:
+        send.close()
+
+
+def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _Prepared, size: int,
+            rep: IngestReport) -> bool:
+    """Write a batch and advance the cursor over it in one transaction. False if another ingester moved it."""
+    events_sql, pairs_sql = sqls
+    with write_tx(engine) as conn:
+        moved = conn.execute(
+            cursors_t.update()
+            .where(cursors_t.c.id == cursor["id"], cursors_t.c.offset == p.start_offset)
+            .values(offset=p.end_offset, line_no=p.end_line, size=size, updated_at=utcnow())
+        ).rowcount
+        if moved != 1:
+            conn.rollback()
+            log.warning("ingest.cursor_moved", file=cursor["path"], expected_offset=p.start_offset)
+            return False
+        # Driver-level executemany on rows serialized by the reader: SQLAlchemy's per-value
+        # processing (JSON, datetime) cost more than parsing, and ingest throughput is a target.
+        if p.event_rows:
+            conn.exec_driver_sql(events_sql, p.event_rows)
+        if p.pair_rows:
+            conn.exec_driver_sql(pairs_sql, p.pair_rows)
+        if p.hour_counts:
+            conn.exec_driver_sql(_count_sql(conn.dialect), p.hour_counts)
+        if p.bad_rows:
+            conn.execute(quarantine_t.insert(), p.bad_rows)
+    cursor.update(offset=p.end_offset, line_no=p.end_line)
+    rep.bytes += p.end_offset - p.start_offset
+    rep.lines += p.lines
+    rep.events += p.misses + p.hits
+    rep.misses += p.misses
+    rep.hits += p.hits
+    rep.quarantined += len(p.bad_rows)
+    return True
+
+
+class _Batch:
+    """Rows produced by up to ``ingest.batch_lines`` lines, written together."""
+
+    def __init__(self, spec: _ReadSpec, start_offset: int):
+        self.spec, self.start_offset = spec, start_offset
+        self.events: list[tuple[Event, bytes, int, int]] = []
+        self.bad: list[dict[str, Any]] = []
+        self.pairs = PairBatch(spec.keys)
+        self.misses = 0
+        self.size = 0
+
+    def add(self, line: bytes, line_no: int, offset: int) -> None:
+        self.size += 1
+        try:
+            ev = parse_event(line, self.spec.limits)
+        except LogLineError as exc:
+            self._bad(line_no, offset, str(exc), line)
+            return
+        self.events.append((ev, line, line_no, offset))
+        self.misses += ev.kind == "miss"
+        self.pairs.add_event(ev)
+
+    def quarantine(self, line_no: int, offset: int, reason: str, line: bytes) -> None:
+        self.size += 1
+        self._bad(line_no, offset, reason, line)
+
+    def _bad(self, line_no: int, offset: int, reason: str, line: bytes) -> None:
+        # Lines that may become valid later (unknown ids) are kept whole so they can be retried.
+        keep = len(line) if reason.startswith(UNKNOWN_ID) else self.spec.raw_chars
+        raw = line[:keep].decode("utf-8", "replace").rstrip("\n").replace("\x00", "\ufffd")  # PostgreSQL text has no NUL
+        self.bad.append(dict(file=self.spec.path, line_no=line_no, offset=offset, reason=reason.replace("\x00", "\ufffd"),
+                             raw=raw, created_at=utcnow()))
+
+    def prepare(self, end_offset: int, end_line: int) -> _Prepared:
+        rows = event_rows(self.events, self.spec.path, self.spec.cursor_id)
+        return _Prepared(self.start_offset, end_offset, end_line, self.size, self.misses,
+                         len(self.events) - self.misses, rows, hour_counts(self.events), self.pairs.rows(), self.bad)
+
+
+_EVENT_COLS = ("ts", "query", "raw", "request_id", "source", "kind", "rank", "file", "offset", "line_no", "cursor_id")
+
+
+def _insert_events_sql(dialect) -> str:
+    values = placeholders(dialect, _EVENT_COLS, {"raw"}, {"ts"})
+    return f"INSERT INTO feedback_events ({', '.join(map(quote, _EVENT_COLS))}) VALUES ({values})"
+
+
+def event_rows(events: list[tuple[Event, bytes | str, int, int]], path: str, cursor_id: int) -> list[tuple]:
+    """Driver parameter rows (_EVENT_COLS order); the raw line is stored as written."""
+    return [
+        (ev.ts, ev.query, raw if type(raw) is str else raw.decode("utf-8", "replace").rstrip(),
+         ev.request_id, ev.source, ev.kind, ev.rank, path, offset, line_no, cursor_id)
+        for ev, raw, line_no, offset in events
+    ]
+
+
+def hour_counts(events: list[tuple[Event, Any, int, int]]) -> list[tuple[str, str, int]]:
+    counts: dict[tuple[str, str], int] = {}
+    for ev, *_ in events:
+        key = (ev.ts[:13], ev.kind)
+        counts[key] = counts.get(key, 0) + 1
+    return [(h, k, n) for (h, k), n in counts.items()]
+
+
+def _count_sql(dialect) -> str:
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    return (f"INSERT INTO event_counts (hour, kind, count) VALUES ({mark}, {mark}, {mark}) "
+            "ON CONFLICT (hour, kind) DO UPDATE SET count = event_counts.count + excluded.count")
+
+
+def retry_quarantine(engine: Engine, settings: Settings, ids: list[int] | None = None) -> dict[str, int]:
+    """Re-validate unresolved quarantined lines; the ones that now pass become events and pairs."""
+    with engine.connect() as conn:
+        limits = limits_from(settings, known_chunk_ids(conn))
+    q = sa.select(quarantine_t).where(quarantine_t.c.resolved_at.is_(None))
+    if ids:
+        q = q.where(quarantine_t.c.id.in_(ids))
+    resolved = still_bad = 0
+    keys = QueryKeys(settings.gate.heldout_fraction)
+    with write_tx(engine) as conn:
+        for row in conn.execute(q.order_by(quarantine_t.c.id)).mappings().all():
+            try:
+                ev = parse_event(row["raw"], limits)
+            except LogLineError as exc:
+                conn.execute(quarantine_t.update().where(quarantine_t.c.id == row["id"]).values(reason=str(exc)))
+                still_bad += 1
+                continue
+            cur_id = conn.scalar(sa.select(cursors_t.c.id).where(cursors_t.c.path == row["file"]).limit(1)) or 0
+            located = [(ev, row["raw"], row["line_no"], row["offset"])]
+            conn.exec_driver_sql(_insert_events_sql(conn.dialect), event_rows(located, row["file"], cur_id))
+            conn.exec_driver_sql(_count_sql(conn.dialect), hour_counts(located))
+            pairs = PairBatch(keys)
+            pairs.add_event(ev)
+            pairs.write(conn)
+            conn.execute(quarantine_t.update().where(quarantine_t.c.id == row["id"]).values(resolved_at=utcnow()))
+            resolved += 1
+    log.info("quarantine.retry", resolved=resolved, still_bad=still_bad)
+    return {"resolved": resolved, "still_bad": still_bad}

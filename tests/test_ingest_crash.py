@@ -1,0 +1,73 @@
+"""Crash safety: SIGKILL the ingesting process at random points; the store must equal the log exactly."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from conftest import event_line, write_corpus
+
+from daemon.store import open_store
+
+KILLS = 20
+
+
+def _run_ingest(cfg, kill_after: float | None) -> bool:
+    """Start `ragloop ingest`; SIGKILL it after ``kill_after`` s. True if it was killed mid-run."""
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "-c", str(cfg), "ingest"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if kill_after is None:
+        assert proc.wait(timeout=300) == 0
+        return False
+    try:
+        proc.wait(timeout=kill_after)
+        return False  # finished first
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its reader child, like a power cut of the service
+        proc.wait()
+        return True
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, db_url):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[store]\nurl = "{db_url}"\n'
+                   f'[ingest]\npaths = ["{logs}/*.jsonl"]\nbatch_lines = 200\n[log]\nlevel = "warning"\n')
+    engine = open_store(db_url)
+    write_corpus(engine, [f"c{i}" for i in range(100)])
+    log = logs / "feedback.jsonl"
+    written = 0
+
+    def grow(n):
+        nonlocal written
+        with open(log, "a") as fh:
+            fh.write("".join(event_line(i) + "\n" for i in range(written, written + n)))
+        written += n
+
+    grow(100_000)  # ~40 MB: runs take the forked reader-process path (over PARALLEL_MIN_BYTES)
+    rng = random.Random(99)
+    kills = attempts = done = 0
+    while kills < KILLS:
+        attempts += 1
+        assert attempts < 100
+        if written - done < 60_000:
+            grow(60_000)  # a standing backlog, so the kill lands while lines are being read
+        before = done
+        killed = _run_ingest(cfg, rng.uniform(0.5, 1.5))
+        with engine.connect() as conn:
+            done = conn.scalar(sa.text("SELECT count(*) FROM feedback_events"))
+        kills += killed and before < done < written  # count only kills that landed mid-read
+    _run_ingest(cfg, None)
+    with engine.connect() as conn:
+        ids = [r for (r,) in conn.execute(sa.text("SELECT request_id FROM feedback_events ORDER BY id"))]
+        pair_total = conn.scalar(sa.text("SELECT sum(count) FROM training_pairs"))
+        counted = conn.scalar(sa.text("SELECT sum(count) FROM event_counts"))
+    engine.dispose()
+    assert kills >= KILLS
+    assert ids == [f"r{i}" for i in range(written)]  # every line once, in file order
+    assert pair_total == written and counted == written
