@@ -1,0 +1,97 @@
+"""What `ragloop status` shows: counts from the store, as a dict and as tables."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from daemon.store import Chunk, EventCount, IngestCursor, Quarantine, TrainingPair, utcnow
+
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
+
+
+def collect_status(engine: Engine) -> dict[str, Any]:
+    """All figures `ragloop status` prints, as one JSON-serializable dict."""
+    ec, pr, q, ch, cu = (t.__table__ for t in (EventCount, TrainingPair, Quarantine, Chunk, IngestCursor))
+    now = utcnow()
+    with engine.connect() as conn:
+        kinds = dict(conn.execute(sa.select(ec.c.kind, sa.func.sum(ec.c.count)).group_by(ec.c.kind)).all())
+        windows = {}
+        for name, delta in WINDOWS.items():
+            # Hour buckets: a window covers the hours that overlap it (up to one hour more than its name).
+            since = (now - delta).strftime("%Y-%m-%d %H")
+            rows = dict(conn.execute(
+                sa.select(ec.c.kind, sa.func.sum(ec.c.count)).where(ec.c.hour >= since).group_by(ec.c.kind)
+            ).all())
+            n = int(sum(rows.values()))
+            misses = int(rows.get("miss", 0))
+            windows[name] = {"events": n, "misses": misses, "miss_rate": round(misses / n, 4) if n else None}
+        pairs: dict[str, dict[str, int]] = {}
+        for split, origin, n in conn.execute(
+            sa.select(pr.c.split, pr.c.origin, sa.func.count()).group_by(pr.c.split, pr.c.origin)
+        ):
+            pairs.setdefault(split, {})[origin] = n
+        quarantined = conn.scalar(sa.select(sa.func.count()).where(q.c.resolved_at.is_(None)))
+        resolved = conn.scalar(sa.select(sa.func.count()).where(q.c.resolved_at.is_not(None)))
+        chunks_active = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_(None)))
+        chunks_removed = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_not(None)))
+        files = [_file_lag(r) for r in conn.execute(sa.select(cu).order_by(cu.c.updated_at.desc()).limit(20)).mappings()]
+    events, misses = int(sum(kinds.values())), int(kinds.get("miss", 0))
+    return {
+        "events": events,
+        "misses": misses,
+        "hits": events - misses,
+        "miss_rate": round(misses / events, 4) if events else None,
+        "windows": windows,
+        "pairs": pairs,
+        "quarantine": {"unresolved": quarantined, "resolved": resolved},
+        "chunks": {"active": chunks_active, "removed": chunks_removed},
+        "files": files,
+    }
+
+
+def _file_lag(row) -> dict[str, Any]:
+    try:
+        st = os.stat(row["path"])
+        same = (st.st_dev, st.st_ino) == (row["dev"], row["inode"])
+        lag = max(st.st_size - row["offset"], 0) if same and not row["path"].endswith(".gz") else None
+    except OSError:
+        lag = None  # rotated away or deleted
+    return {"path": row["path"], "offset": row["offset"], "lines": row["line_no"], "lag_bytes": lag,
+            "complete": row["complete"], "updated_at": row["updated_at"].isoformat()}
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain fixed-width table."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]])
+
+
+def render_status(s: dict[str, Any]) -> str:
+    rate = lambda r: "-" if r is None else f"{r:.1%}"  # noqa: E731
+    out = [
+        "Feedback",
+        table(["window", "events", "misses", "miss rate"],
+              [["all", s["events"], s["misses"], rate(s["miss_rate"])]]
+              + [[k, w["events"], w["misses"], rate(w["miss_rate"])] for k, w in s["windows"].items()]),
+        "",
+        "Training pairs",
+        table(["split", "failure", "hit", "synthetic", "total"],
+              [[sp, o.get("failure", 0), o.get("hit", 0), o.get("synthetic", 0), sum(o.values())]
+               for sp, o in sorted(s["pairs"].items())] or [["(none)", 0, 0, 0, 0]]),
+        "",
+        f"Corpus: {s['chunks']['active']} chunks ({s['chunks']['removed']} removed)    "
+        f"Quarantine: {s['quarantine']['unresolved']} unresolved, {s['quarantine']['resolved']} resolved",
+        "",
+        "Log files",
+        table(["path", "lines read", "lag bytes", "done"],
+              [[f["path"], f["lines"], f["lag_bytes"], "yes" if f["complete"] else ""] for f in s["files"]])
+        if s["files"] else "(no files read yet)",
+    ]
+    return "\n".join(out)
