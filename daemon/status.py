@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.store import Chunk, EventCount, IngestCursor, Quarantine, TrainingPair, utcnow
+from daemon.store import (Chunk, EventCount, IndexVersion, IngestCursor, ModelVersion, Quarantine, TrainingPair,
+                           get_state, utcnow)
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -17,6 +18,7 @@ WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(d
 def collect_status(engine: Engine) -> dict[str, Any]:
     """All figures `ragloop status` prints, as one JSON-serializable dict."""
     ec, pr, q, ch, cu = (t.__table__ for t in (EventCount, TrainingPair, Quarantine, Chunk, IngestCursor))
+    mv, iv = ModelVersion.__table__, IndexVersion.__table__
     now = utcnow()
     with engine.connect() as conn:
         kinds = dict(conn.execute(sa.select(ec.c.kind, sa.func.sum(ec.c.count)).group_by(ec.c.kind)).all())
@@ -40,6 +42,8 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         chunks_active = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_(None)))
         chunks_removed = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_not(None)))
         files = [_file_lag(r) for r in conn.execute(sa.select(cu).order_by(cu.c.updated_at.desc()).limit(20)).mappings()]
+        serving_rows = conn.execute(sa.select(mv).where(mv.c.status == "serving")).mappings().all()
+        idx = conn.execute(sa.select(iv).where(iv.c.status == "serving")).mappings().first()
     events, misses = int(sum(kinds.values())), int(kinds.get("miss", 0))
     return {
         "events": events,
@@ -51,6 +55,12 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         "quarantine": {"unresolved": quarantined, "resolved": resolved},
         "chunks": {"active": chunks_active, "removed": chunks_removed},
         "files": files,
+        "serving": {
+            "models": {r["kind"]: {"version": r["version"], "path": r["path"]} for r in serving_rows},
+            "collection": idx["collection"] if idx else None,
+            "indexed_chunks": idx["points"] if idx else None,
+            "on_promote": get_state(engine, "serving.on_promote"),
+        },
     }
 
 
@@ -89,9 +99,36 @@ def render_status(s: dict[str, Any]) -> str:
         f"Corpus: {s['chunks']['active']} chunks ({s['chunks']['removed']} removed)    "
         f"Quarantine: {s['quarantine']['unresolved']} unresolved, {s['quarantine']['resolved']} resolved",
         "",
+        _render_serving(s["serving"]),
+        "",
         "Log files",
         table(["path", "lines read", "lag bytes", "done"],
               [[f["path"], f["lines"], f["lag_bytes"], "yes" if f["complete"] else ""] for f in s["files"]])
         if s["files"] else "(no files read yet)",
     ]
     return "\n".join(out)
+
+
+def _render_serving(sv: dict[str, Any]) -> str:
+    models = sv["models"]
+    emb, rr = models.get("embedder"), models.get("reranker")
+    hook = sv["on_promote"]
+    hook_line = "-" if hook is None else ("ok" if hook["ok"] else f"FAILED (exit {hook['returncode']}): {hook['stderr'][:80]}")
+    return "\n".join([
+        "Serving",
+        table(["what", "value"], [
+            ["alias -> collection", sv["collection"] or "(not indexed: run `ragloop index build`)"],
+            ["indexed chunks", sv["indexed_chunks"]],
+            ["embedder", f"v{emb['version']} {emb['path']}" if emb else None],
+            ["reranker", f"v{rr['version']} {rr['path']}" if rr else "none"],
+            ["last on_promote", f"{hook_line} at {hook['at']}" if hook else hook_line],
+        ]),
+    ])
+
+
+def index_rows(engine: Engine) -> list[list[Any]]:
+    iv = IndexVersion.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(iv).where(iv.c.status != "deleted").order_by(iv.c.version.desc())).mappings().all()
+    return [[r["collection"], r["status"], f"v{r['embedder_version']}", r["points"], r["created_at"].strftime("%Y-%m-%d %H:%M"),
+             r["swapped_at"].strftime("%Y-%m-%d %H:%M") if r["swapped_at"] else None] for r in rows]

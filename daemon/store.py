@@ -112,6 +112,63 @@ class Quarantine(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
+class ModelVersion(SQLModel, table=True):
+    """A model ragloop knows: the base it started from and every candidate it trained."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (sa.UniqueConstraint("kind", "version", name="uq_model_kind_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # "embedder" | "reranker"
+    version: int
+    path: str  # a local folder or a Hugging Face id
+    status: str = Field(max_length=16)  # candidate -> serving | rejected -> retired
+    base: str | None = None  # what it was trained from (path or "<kind> v<N>")
+    metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    status_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class IndexVersion(SQLModel, table=True):
+    """One Qdrant collection built by ragloop, and where it is in its life."""
+
+    __tablename__ = "index_versions"
+    id: int | None = Field(default=None, primary_key=True)
+    collection: str = Field(unique=True, index=True)
+    alias: str
+    version: int
+    embedder_version: int
+    embedder_path: str
+    status: str = Field(max_length=16)  # building -> complete -> serving -> retired -> deleted | failed
+    points: int = 0
+    chunks: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    swapped_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class ServiceState(SQLModel, table=True):
+    """Small named facts the daemon reports (last hook result, heartbeat, ...)."""
+
+    __tablename__ = "service_state"
+    key: str = Field(primary_key=True)
+    value: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+def put_state(engine: Engine, key: str, value: dict[str, Any]) -> None:
+    t = ServiceState.__table__
+    with write_tx(engine) as conn:
+        if conn.execute(t.update().where(t.c.key == key).values(value=value, updated_at=utcnow())).rowcount == 0:
+            conn.execute(t.insert().values(key=key, value=value, updated_at=utcnow()))
+
+
+def get_state(engine: Engine, key: str) -> dict[str, Any] | None:
+    t = ServiceState.__table__
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(t.c.value).where(t.c.key == key))
+
+
 def open_store(url: str, *, echo: bool = False, migrate: bool = True) -> Engine:
     """Create the engine for ``url`` and bring its schema to the current revision.
 

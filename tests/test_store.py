@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -52,3 +54,25 @@ def test_unreachable_postgres_is_a_clear_error():
 
     with pytest.raises(StoreError, match="cannot open the store at postgresql"):
         open_store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_upgrade_from_the_first_schema_keeps_pairs(db_url):
+    """A store created by an older ragloop (revision 0001) is upgraded in place, pairs intact."""
+    if db_url.startswith("sqlite:///"):
+        Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    eng = sa.create_engine(db_url)
+    upgrade(eng, "0001")
+    with eng.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO training_pairs (query, query_norm, chunk_id, hard_negative_ids, count, miss_count,"
+            " hit_count, split, origin, first_seen, last_seen) VALUES ('old q', 'old q', 'c9', '[\"c1\"]', 5, 2, 3,"
+            " 'heldout', 'failure', '2026-01-01 00:00:00', '2026-02-01 00:00:00')"
+        )
+    eng.dispose()
+    migrated = open_store(db_url)
+    assert current_revision(migrated) != "0001"
+    with migrated.connect() as conn:
+        row = conn.execute(sa.text("SELECT query, count, split, origin FROM training_pairs")).one()
+        assert tuple(row) == ("old q", 5, "heldout", "failure")
+        assert conn.execute(sa.text("SELECT count(*) FROM model_versions")).scalar() == 0
+    migrated.dispose()

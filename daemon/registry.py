@@ -1,0 +1,85 @@
+"""Model registry: versions per kind and which one is serving.
+
+Status flow: candidate -> serving | rejected; serving -> retired when another takes its place.
+Version 0 of the embedder is the configured base, registered as serving on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon.config import Settings
+from daemon.models import base_embedder_path
+from daemon.store import ModelVersion, utcnow, write_tx
+
+log = structlog.get_logger(__name__)
+versions_t = ModelVersion.__table__
+EMBEDDER, RERANKER = "embedder", "reranker"
+
+
+def serving(engine: Engine, kind: str) -> dict[str, Any] | None:
+    """The serving version of ``kind``, or None (a valid state for the reranker)."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "serving")
+                           ).mappings().first()
+    return dict(row) if row else None
+
+
+def get_version(engine: Engine, kind: str, version: int) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.version == version)
+                           ).mappings().first()
+    return dict(row) if row else None
+
+
+def ensure_base_embedder(engine: Engine, settings: Settings) -> dict[str, Any]:
+    """The serving embedder, registering the configured base as version 0 the first time."""
+    current = serving(engine, EMBEDDER)
+    if current is not None:
+        return current
+    with write_tx(engine) as conn:
+        exists = conn.scalar(sa.select(sa.func.count()).where(versions_t.c.kind == EMBEDDER))
+        if not exists:
+            path = base_embedder_path(settings.train.embedder.base)
+            conn.execute(versions_t.insert().values(kind=EMBEDDER, version=0, path=path, status="serving", base=None,
+                                                    created_at=utcnow(), status_at=utcnow()))
+            log.info("registry.base_registered", kind=EMBEDDER, version=0, path=path)
+    current = serving(engine, EMBEDDER)
+    if current is None:
+        raise RuntimeError("no serving embedder: every version is retired or rejected; promote one with --force")
+    return current
+
+
+def next_version(engine: Engine, kind: str) -> int:
+    with engine.connect() as conn:
+        return (conn.scalar(sa.select(sa.func.max(versions_t.c.version)).where(versions_t.c.kind == kind)) or 0) + 1
+
+
+def register(engine: Engine, kind: str, path: str, *, version: int | None = None, status: str = "candidate",
+             base: str | None = None, lineage: dict[str, Any] | None = None) -> int:
+    """Add a version of ``kind`` (by default the next number) and return its number."""
+    with write_tx(engine) as conn:
+        if version is None:
+            version = (conn.scalar(sa.select(sa.func.max(versions_t.c.version))
+                                   .where(versions_t.c.kind == kind)) or 0) + 1
+        conn.execute(versions_t.insert().values(kind=kind, version=version, path=path, status=status, base=base,
+                                                lineage=lineage, created_at=utcnow(), status_at=utcnow()))
+    return version
+
+
+def set_serving(engine: Engine, kind: str, version: int) -> None:
+    """Make ``version`` the serving one; the previous serving version becomes retired."""
+    with write_tx(engine) as conn:
+        now = utcnow()
+        conn.execute(versions_t.update().where(versions_t.c.kind == kind, versions_t.c.status == "serving")
+                     .values(status="retired", status_at=now))
+        n = conn.execute(versions_t.update().where(versions_t.c.kind == kind, versions_t.c.version == version)
+                         .values(status="serving", status_at=now)).rowcount
+        if n != 1:
+            raise KeyError(f"no {kind} version {version}")
+    log.info("registry.serving", kind=kind, version=version)
+
