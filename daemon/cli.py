@@ -24,6 +24,30 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file")
     load.add_argument("--merge", action="store_true", help="keep stored chunks that are absent from the file")
 
+    sync = corpus.add_parser("sync", help="read chunk texts from an existing Qdrant collection's payloads")
+    sync.add_argument("--from-qdrant", required=True, metavar="COLLECTION")
+    sync.add_argument("--id-key", default="chunk_id", help="payload key of the chunk id (default: chunk_id; "
+                      "the point id when absent)")
+    sync.add_argument("--text-key", default="text", help="payload key of the chunk text (default: text)")
+    sync.add_argument("--doc-key", default="doc", help="payload key of the document name (default: doc)")
+    sync.add_argument("--merge", action="store_true", help="keep stored chunks that are absent from the collection")
+
+    index = sub.add_parser("index", help="the Qdrant collections behind the alias").add_subparsers(dest="index_cmd", required=True)
+    index.add_parser("build", help="embed the corpus with the serving embedder into a new collection and swap the alias")
+    index.add_parser("rollback", help="point the alias back at the previous collection (and its embedder)")
+    index.add_parser("list", help="collections ragloop built, and which one serves")
+
+    se = sub.add_parser("search", help="embed a query with the serving model and search the alias")
+    se.add_argument("query")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("train", help="fine-tune the embedder and/or reranker and register candidates")
+    which = tr.add_mutually_exclusive_group()
+    which.add_argument("--embedder", action="store_true", help="only the embedder")
+    which.add_argument("--reranker", action="store_true", help="only the reranker")
+    tr.add_argument("--max-steps", type=int, help="override train.<kind>.max_steps for this run")
+
     quar = sub.add_parser("quarantine", help="see and replay bad log lines").add_subparsers(dest="q_cmd", required=True)
     ql = quar.add_parser("list", help="list unresolved quarantined lines")
     ql.add_argument("--limit", type=int, default=50)
@@ -67,7 +91,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(_config_path(args.config))
     configure_logging(settings.log.level, settings.log.format)
     engine = open_store(settings.store_url, echo=settings.store.echo)
-    handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db}
+    handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db,
+               "index": _index, "search": _search, "train": _train}
     return handler[args.cmd](args, settings, engine)
 
 
@@ -83,10 +108,65 @@ def _ingest(args, settings, engine) -> int:
 
 def _corpus(args, settings, engine) -> int:
     from daemon.corpus import load_corpus
+    from daemon.index import sync_corpus_from_qdrant
 
-    r = load_corpus(engine, args.file, merge=args.merge)
-    print(f"{args.file}: {r.added} added, {r.changed} changed, {r.unchanged} unchanged, "
+    if args.corpus_cmd == "sync":
+        source = f"qdrant:{args.from_qdrant}"
+        r = sync_corpus_from_qdrant(engine, settings, args.from_qdrant, id_key=args.id_key, text_key=args.text_key,
+                                    doc_key=args.doc_key, merge=args.merge)
+    else:
+        source = args.file
+        r = load_corpus(engine, args.file, merge=args.merge)
+    print(f"{source}: {r.added} added, {r.changed} changed, {r.unchanged} unchanged, "
           f"{r.removed} removed, {r.restored} restored")
+    return 0
+
+
+def _index(args, settings, engine) -> int:
+    from daemon import index
+    from daemon.status import table
+
+    if args.index_cmd == "build":
+        r = index.build_index(engine, settings)
+        print(f"alias {settings.qdrant.alias} -> {r.collection} (was {r.previous}); {r.chunks} chunks "
+              f"in {r.seconds:.1f}s ({r.chunks_per_s:.1f}/s); dropped {r.dropped or 'none'}")
+    elif args.index_cmd == "rollback":
+        r = index.rollback_index(engine, settings)
+        print(f"alias {settings.qdrant.alias} -> {r['collection']} (was {r['previous']}); "
+              f"embedder v{r['embedder_version']} serving")
+    else:
+        from daemon.status import index_rows
+
+        print(table(["collection", "status", "embedder", "points", "created", "swapped"], index_rows(engine)))
+    return 0
+
+
+def _train(args, settings, engine) -> int:
+    from daemon.train import run_job
+
+    kinds = ["embedder"] if args.embedder else ["reranker"] if args.reranker else ["embedder", "reranker"]
+    for kind in kinds:
+        if args.max_steps is not None:
+            getattr(settings.train, kind).max_steps = args.max_steps
+        r = run_job(engine, settings, kind)
+        t = r.training
+        print(f"{kind} v{r.version} (candidate) at {r.path}: {t['steps']} steps on {t['device']}/{t['precision']} "
+              f"from {t['base']}, {t['pairs']['total']} pairs, final loss {t['final_loss']}, {t['duration_s']:.0f}s")
+    return 0
+
+
+def _search(args, settings, engine) -> int:
+    from daemon.index import search
+
+    hits = search(engine, settings, args.query, args.k)
+    if args.json:
+        print(json.dumps([{"rank": i + 1, "chunk_id": c, "score": round(s, 4), "doc": p.get("doc"),
+                           "text": p.get("text")} for i, (c, s, p) in enumerate(hits)]))
+        return 0
+    from daemon.status import table
+
+    print(table(["rank", "score", "chunk", "text"],
+                [[i + 1, f"{s:.3f}", c, " ".join(str(p.get("text", "")).split())[:60]] for i, (c, s, p) in enumerate(hits)]))
     return 0
 
 

@@ -83,6 +83,116 @@ class GateSettings(_Section):
     )
 
 
+class QdrantSettings(_Section):
+    path: str = Field(
+        "", description='folder for embedded Qdrant (local mode); empty means <state_dir>/qdrant. Ignored when url is set'
+    )
+    url: str = Field("", description='Qdrant server URL, e.g. "http://qdrant:6333"; API key from $QDRANT_API_KEY')
+    alias: str = Field("chunks", pattern=r"^[A-Za-z0-9_-]+$",
+                       description="the alias production queries; collections are named <alias>__v<N>")
+    keep_versions: int = Field(2, ge=1, le=100, description="collections kept for rollback, the serving one included; 1..100")
+    batch_size: int = Field(64, ge=1, le=4096, description="chunks embedded and upserted per batch; 1..4096")
+    verify_sample: int = Field(20, ge=0, le=10000,
+                               description="chunks that must find themselves at rank 1 before a swap; 0 disables")
+    timeout_s: float = Field(10.0, gt=0, description="request timeout for a Qdrant server, seconds")
+    lock_wait_s: float = Field(
+        15.0, ge=0, description="how long to wait for the embedded store while another ragloop process has it open"
+    )
+
+
+class ServingSettings(_Section):
+    manifest_path: str = Field(
+        "", description="where the serving manifest (JSON) is written after every swap; empty means <state_dir>/serving.json"
+    )
+    on_promote: list[str] = Field(
+        default_factory=list,
+        description='command run after every swap with the manifest path appended, e.g. ["systemctl", "reload", "rag-api"]',
+    )
+    on_promote_timeout_s: float = Field(60.0, gt=0, description="seconds before on_promote is killed")
+
+
+class MiningSettings(_Section):
+    mine: bool = Field(True, description="true to mine extra hard negatives with the serving embedder over the corpus")
+    num_negatives: int = Field(3, ge=1, le=32, description="hard negatives per example (production's first, then mined); 1..32")
+    random_negatives: int = Field(1, ge=0, le=32, description="random negatives added per example; 0..32")
+    range_min: int = Field(0, ge=0, description="skip this many top-ranked candidates when mining; 0 or more")
+    range_max: int = Field(50, ge=1, description="mine among the top range_max candidates; at least 1")
+    relative_margin: float = Field(
+        0.05, ge=0, lt=1, description="a mined negative must score below positive*(1-margin); 0 disables, below 1"
+    )
+    max_score: float = Field(
+        0.95, gt=0, le=1, description="drop mined candidates above this cosine: likely duplicates of the answer"
+    )
+
+
+class EmbedderTrainSettings(_Section):
+    base: str = Field(
+        "", description='base embedder: a local path or a Hugging Face id; empty means the packaged all-MiniLM-L6-v2'
+    )
+    start_from: Literal["serving", "base"] = Field(
+        "serving", description='"serving" continues from the serving embedder, "base" restarts from train.embedder.base'
+    )
+    loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description='"mnrl" (MultipleNegativesRankingLoss) or "cached_mnrl" (its memory-bounded variant)'
+    )
+    mini_batch_size: int = Field(
+        0, ge=0, description="set > 0 to use CachedMultipleNegativesRankingLoss with this mini-batch size"
+    )
+    batch_size: int = Field(16, ge=2, le=4096, description="examples per step; 2..4096")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
+    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 means use epochs")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW learning rate, e.g. 2e-5")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up the learning rate, 0..1")
+    max_seq_length: int = Field(256, ge=16, le=8192, description="tokens per text; longer texts are cut")
+
+
+class RerankerTrainSettings(_Section):
+    base: str = Field(
+        "", description='base cross-encoder (e.g. "BAAI/bge-reranker-base"); empty starts from the packaged MiniLM '
+        "with a fresh one-label head"
+    )
+    start_from: Literal["serving", "base"] = Field(
+        "serving", description='"serving" continues from the serving reranker when there is one, "base" restarts'
+    )
+    loss: Literal["bce", "lambda", "cached_mnrl"] = Field(
+        "bce", description='"bce" (BinaryCrossEntropyLoss), "lambda" (LambdaLoss) or "cached_mnrl"'
+    )
+    batch_size: int = Field(16, ge=2, le=4096, description="examples per step; 2..4096")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
+    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 means use epochs")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW learning rate, e.g. 2e-5")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up the learning rate, 0..1")
+    max_seq_length: int = Field(256, ge=16, le=8192, description="tokens per query+chunk pair")
+
+
+class TrainSettings(_Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description='"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps"'
+    )
+    trust_remote_code: bool = Field(False, description="allow model repositories to run their own code (off: safer)")
+    seed: int = Field(42, description="seed for sampling, shuffling and initialization (same data + seed = same weights on CPU)")
+    timeout_s: float = Field(6 * 3600, gt=0, description="a training job running longer is killed and registers nothing")
+    max_pairs: int = Field(50_000, ge=1, description="most train pairs replayed per job (newest and most frequent first)")
+    weights: dict[Literal["failure", "hit", "synthetic"], int] = Field(
+        default_factory=lambda: {"failure": 2, "hit": 1, "synthetic": 1},
+        description='times each pair of an origin appears per epoch, e.g. {failure = 2, hit = 1, synthetic = 1}; 0 leaves it out',
+    )
+    max_synthetic_share: float = Field(
+        0.5, ge=0, le=1, description="synthetic pairs are sampled down to at most this share of the pairs, 0..1"
+    )
+    log_every_s: float = Field(30.0, gt=0, description="seconds between train.progress log events")
+    mining: MiningSettings = Field(default_factory=MiningSettings)
+    embedder: EmbedderTrainSettings = Field(default_factory=EmbedderTrainSettings)
+    reranker: RerankerTrainSettings = Field(default_factory=RerankerTrainSettings)
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        if any(w < 0 for w in v.values()):
+            raise ValueError("weights must be 0 or more")
+        return {"failure": 2, "hit": 1, "synthetic": 1, **v}
+
+
 class Settings(_Section):
     """The whole configuration. Relative paths are resolved against the config file's folder."""
 
@@ -93,6 +203,9 @@ class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     # Where the file was read from; not a setting.
     source: str = Field("<defaults>", exclude=True)
@@ -100,6 +213,18 @@ class Settings(_Section):
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_dir / 'ragloop.db'}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return Path(self.qdrant.path) if self.qdrant.path else self.state_dir / "qdrant"
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.serving.manifest_path) if self.serving.manifest_path else self.state_dir / "serving.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -133,6 +258,10 @@ def _resolve(settings: Settings, base_dir: Path) -> Settings:
     if not settings.state_dir.is_absolute():
         settings.state_dir = (base_dir / settings.state_dir).resolve()
     settings.ingest.paths = [p if Path(p).is_absolute() else str(base_dir / p) for p in settings.ingest.paths]
+    for section, key in ((settings.qdrant, "path"), (settings.serving, "manifest_path")):
+        value = getattr(section, key)
+        if value and not Path(value).is_absolute():
+            setattr(section, key, str((base_dir / value).resolve()))
     return settings
 
 

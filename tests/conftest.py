@@ -80,3 +80,68 @@ def event_line(i: int, *, query: str | None = None, expected: str | None = None,
 def stored_request_ids(engine) -> list[str]:
     with engine.connect() as conn:
         return [r for (r,) in conn.execute(sa.text("SELECT request_id FROM feedback_events ORDER BY id"))]
+
+
+def example_chunks(n: int) -> list[dict]:
+    """The first ``n`` real chunks of the examples corpus, in a fixed order."""
+    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
+    return rows[:n]
+
+
+def example_questions() -> list[dict]:
+    return [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from daemon.models import load_embedder, packaged_minilm
+
+    return load_embedder(packaged_minilm(), "cpu")
+
+
+@pytest.fixture(scope="session")
+def finetuned_minilm(tmp_path_factory) -> str:
+    """The packaged MiniLM after a real 2-step fine-tune on example question->answer pairs."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from daemon.models import load_embedder, packaged_minilm
+
+    chunks = {c["id"]: c["text"] for c in example_chunks(10_000)}
+    pairs = [(q["query"], chunks[q["expected_ids"][0]]) for q in example_questions()[:16]]
+    out = tmp_path_factory.mktemp("finetuned")
+    model = load_embedder(packaged_minilm(), "cpu")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "run"), max_steps=2, per_device_train_batch_size=8, learning_rate=1e-4, seed=1,
+        report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True,
+    )
+    ds = Dataset.from_dict({"anchor": [p[0] for p in pairs], "positive": [p[1] for p in pairs]})
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                               loss=MultipleNegativesRankingLoss(model)).train()
+    model.save_pretrained(str(out / "model"))
+    return str(out / "model")
+
+
+def small_feedback_store(engine, settings, tmp_path, n_questions: int = 30, distractors: int = 30) -> list[dict]:
+    """Load a small real corpus (answers of ``n_questions`` example questions plus distractor chunks) and
+    ingest a feedback log for those questions, as production would have written it."""
+    from daemon.corpus import upsert_chunks
+    from daemon.ingest import ingest_once
+
+    chunks = {c["id"]: c for c in example_chunks(10_000)}
+    questions = [q for q in example_questions() if len(q["expected_ids"]) == 1][:n_questions]
+    ids = [q["expected_ids"][0] for q in questions]
+    others = [cid for cid in chunks if cid not in ids][:distractors]
+    upsert_chunks(engine, [chunks[c] for c in dict.fromkeys(ids + others)], mark_missing_removed=False)
+    log = tmp_path / "logs" / "feedback.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "w") as fh:
+        for i, q in enumerate(questions):
+            retrieved = others[i % 10 : i % 10 + 5] + ([q["expected_ids"][0]] if i % 2 else [])
+            fh.write(json.dumps({"ts": f"2026-11-20T10:{i:02d}:00Z", "query": q["query"],
+                                 "expected_ids": q["expected_ids"], "retrieved_ids": retrieved}) + "\n")
+    settings.ingest.paths = [str(log)]
+    ingest_once(engine, settings)
+    return questions
