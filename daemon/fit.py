@@ -1,0 +1,224 @@
+"""Inside a training child: assemble data, fit with sentence-transformers' trainers, save, describe.
+
+Embedder: SentenceTransformerTrainer with MultipleNegativesRankingLoss over (anchor, positive,
+negative_1..n) and the NO_DUPLICATES batch sampler; CachedMultipleNegativesRankingLoss when
+`train.embedder.mini_batch_size` is set. Reranker: CrossEncoderTrainer with BinaryCrossEntropyLoss on
+labeled pairs (LambdaLoss on labeled lists, or CachedMultipleNegativesRankingLoss, by config).
+On CUDA out-of-memory the step is retried with half the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.config import Settings
+from daemon.mining import TrainingData, assemble
+from daemon.models import load_embedder, pick_device
+from daemon.progress import Progress
+from daemon.store import open_store
+
+log = structlog.get_logger(__name__)
+
+
+def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Run the job described by ``job`` (see daemon.train.run_job); returns training.json's content."""
+    import torch
+    from transformers import set_seed
+
+    kind, out = job["kind"], Path(job["out"]) / "model"
+    cfg = getattr(settings.train, kind)
+    t0 = time.monotonic()
+    set_seed(settings.train.seed)
+    device = pick_device(settings.train.device)
+    engine = open_store(settings.store_url, migrate=False)
+    miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if settings.train.mining.mine else None
+    data = assemble(engine, settings, miner)
+    engine.dispose()
+    del miner
+    if not data.examples:
+        raise SystemExit("no training pairs in the train split yet: ingest feedback first")
+    precision = _precision(device, torch)
+    batch = cfg.batch_size
+    while True:
+        try:
+            model, state = (_fit_embedder if kind == "embedder" else _fit_reranker)(job["start"], data, settings, device,
+                                                                                 precision, batch, out)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if batch <= 2:
+                raise
+            batch //= 2
+            torch.cuda.empty_cache()
+            log.warning("train.oom_retry", kind=kind, batch_size=batch)
+    training = _describe(job, settings, data, state, device, precision, batch, time.monotonic() - t0)
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    return training
+
+
+def _precision(device: str, torch) -> str:
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _common_args(settings: Settings, cfg, device: str, precision: str, batch: int, out: Path, n_examples: int) -> dict:
+    return dict(
+        output_dir=str(out.parent / "run"), per_device_train_batch_size=batch, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, warmup_steps=cfg.warmup,
+        seed=settings.train.seed, data_seed=settings.train.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=device == "cpu", logging_steps=1, logging_strategy="steps", save_strategy="no", report_to="none",
+        disable_tqdm=True, dataloader_drop_last=n_examples > batch,
+    )
+
+
+def embedder_dataset(data: TrainingData):
+    """(anchor, positive, negative_1..n) rows; every row gets the same number of negatives."""
+    from datasets import Dataset
+
+    n = min(len(e.negative_ids) for e in data.examples)
+    cols: dict[str, list[str]] = {"anchor": [e.query for e in data.examples],
+                                  "positive": [data.texts[e.positive_id] for e in data.examples]}
+    for i in range(n):
+        cols[f"negative_{i + 1}"] = [data.texts[e.negative_ids[i]] for e in data.examples]
+    return Dataset.from_dict(cols)
+
+
+def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: str, precision: str, batch: int, out: Path):
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                    MultipleNegativesRankingLoss)
+    from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
+                                                                          SentenceTransformerTrainingArguments)
+
+    cfg = settings.train.embedder
+    model = load_embedder(start, device, settings.train.trust_remote_code)
+    model.max_seq_length = cfg.max_seq_length
+    ds = embedder_dataset(data)
+    cached = cfg.loss == "cached_mnrl" or cfg.mini_batch_size > 0
+    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size or 16) if cached
+            else MultipleNegativesRankingLoss(model))
+    args = SentenceTransformerTrainingArguments(batch_sampler=BatchSamplers.NO_DUPLICATES,
+                                                **_common_args(settings, cfg, device, precision, batch, out, len(ds)))
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss,
+                                         callbacks=[_progress_callback("embedder", settings)])
+    _quiet(trainer)
+    trainer.train()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model, trainer.state
+
+
+def reranker_dataset(data: TrainingData, loss: str):
+    from datasets import Dataset
+
+    if loss == "bce":
+        q, d, y = [], [], []
+        for e in data.examples:
+            for cid, label in [(e.positive_id, 1.0)] + [(n, 0.0) for n in e.negative_ids]:
+                q.append(e.query)
+                d.append(data.texts[cid])
+                y.append(label)
+        return Dataset.from_dict({"query": q, "document": d, "label": y})
+    if loss == "lambda":
+        return Dataset.from_dict({
+            "query": [e.query for e in data.examples],
+            "docs": [[data.texts[e.positive_id]] + [data.texts[n] for n in e.negative_ids] for e in data.examples],
+            "labels": [[1] + [0] * len(e.negative_ids) for e in data.examples],
+        })
+    return embedder_dataset(data)  # cached_mnrl: (anchor, positive, negative_1..n)
+
+
+def _fit_reranker(start: str, data: TrainingData, settings: Settings, device: str, precision: str, batch: int, out: Path):
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import (BinaryCrossEntropyLoss,
+                                                             CachedMultipleNegativesRankingLoss, LambdaLoss)
+
+    cfg = settings.train.reranker
+    model = CrossEncoder(start, num_labels=1, max_length=cfg.max_seq_length, device=device,
+                         trust_remote_code=settings.train.trust_remote_code, model_kwargs={"use_safetensors": True})
+    ds = reranker_dataset(data, cfg.loss)
+    if cfg.loss == "bce":
+        # one positive per n negatives: weigh positives so the classes count equally
+        neg_per_pos = max(1, round(sum(len(e.negative_ids) for e in data.examples) / len(data.examples)))
+        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(neg_per_pos)))
+    elif cfg.loss == "lambda":
+        loss = LambdaLoss(model)
+    else:
+        loss = CachedMultipleNegativesRankingLoss(model)
+    args = CrossEncoderTrainingArguments(**_common_args(settings, cfg, device, precision, batch, out, len(ds)))
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=ds, loss=loss,
+                                  callbacks=[_progress_callback("reranker", settings)])
+    _quiet(trainer)
+    trainer.train()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model, trainer.state
+
+
+def _quiet(trainer) -> None:
+    """Our progress events replace the trainer's printed dicts (which are not structured logs)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def _progress_callback(kind: str, settings: Settings):
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        """Steps done / total, loss and ETA, on a TTY and as `train.progress` log events."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.p = Progress("train.progress", state.max_steps, unit="steps", every_s=settings.train.log_every_s,
+                              kind=kind)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.p.fields["loss"] = round(float(logs["loss"]), 4)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.p.advance(1)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.p.finish()
+
+    return _Progress()
+
+
+def _describe(job, settings: Settings, data: TrainingData, state, device: str, precision: str, batch: int,
+              duration: float) -> dict[str, Any]:
+    import sentence_transformers
+    import torch
+    import transformers
+
+    kind = job["kind"]
+    cfg = getattr(settings.train, kind)
+    curve = [[h["step"], h["loss"]] for h in state.log_history if "loss" in h]
+    runtime = next((h["train_runtime"] for h in state.log_history if "train_runtime" in h), None)
+    pair_ids = sorted({e.pair_id for e in data.examples})
+    return {
+        "kind": kind,
+        "base": job["start_label"],
+        "base_path": job["start"],
+        "pairs": {"ids": pair_ids, "total": len(pair_ids), "examples": len(data.examples), "by_origin": data.counts},
+        "data_hash": data.data_hash(),
+        "hyperparameters": {**cfg.model_dump(), "batch_size_used": batch, "mining": settings.train.mining.model_dump(),
+                            "weights": settings.train.weights},
+        "seed": settings.train.seed,
+        "device": device,
+        "precision": precision,
+        "libraries": {"python": platform.python_version(), "torch": torch.__version__,
+                      "transformers": transformers.__version__,
+                      "sentence_transformers": sentence_transformers.__version__},
+        "steps": state.global_step,
+        "train_runtime_s": runtime,
+        "steps_per_s": round(state.global_step / runtime, 4) if runtime else None,
+        "duration_s": round(duration, 2),
+        "final_loss": curve[-1][1] if curve else None,
+        "loss_curve": curve,
+    }

@@ -1,0 +1,153 @@
+"""Training data: pairs from the train split with hard negatives, for the embedder and the reranker.
+
+Negatives for a query come in this order, up to `train.mining.num_negatives`:
+  1. the chunks production itself returned for it (its logged top-k minus every expected id);
+  2. chunks mined with `sentence_transformers.util.mine_hard_negatives` and the serving embedder over the
+     whole corpus (rank range, margin and a similarity cap to drop likely false negatives, from config);
+  3. random chunks: hard negatives alone make a reranker worse on easy cases.
+Every run replays all accumulated train pairs (newest and most frequent first, up to `train.max_pairs`),
+not only new ones, to guard against forgetting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon.config import Settings
+from daemon.store import Chunk, TrainingPair
+
+log = structlog.get_logger(__name__)
+pairs_t, chunks_t = TrainingPair.__table__, Chunk.__table__
+
+
+@dataclass
+class Example:
+    pair_id: int
+    query: str
+    positive_id: str
+    negative_ids: list[str]
+    origin: str
+    count: int
+
+
+@dataclass
+class TrainingData:
+    """What one training job learns from; serializable so a child process can run it."""
+
+    examples: list[Example]
+    texts: dict[str, str]  # chunk id -> text, for every id the examples mention
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        for e in self.examples:
+            h.update(json.dumps([e.query, e.positive_id, e.negative_ids], sort_keys=True).encode())
+            h.update(self.texts[e.positive_id].encode())
+        return h.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"examples": [e.__dict__ for e in self.examples], "texts": self.texts, "counts": self.counts}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrainingData":
+        return cls([Example(**e) for e in d["examples"]], d["texts"], d.get("counts", {}))
+
+
+def select_pairs(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
+    """Train-split pairs to replay: newest and most frequent first, bounded by `train.max_pairs`,
+    with the synthetic share capped at `train.max_synthetic_share`."""
+    t = settings.train
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(pairs_t).join(chunks_t, chunks_t.c.id == pairs_t.c.chunk_id)
+            .where(pairs_t.c.split == "train", chunks_t.c.removed_at.is_(None))
+            .order_by(pairs_t.c.last_seen.desc(), pairs_t.c.count.desc(), pairs_t.c.id)
+        ).mappings().all()
+    real = [dict(r) for r in rows if r["origin"] != "synthetic"]
+    synthetic = [dict(r) for r in rows if r["origin"] == "synthetic"]
+    share = t.max_synthetic_share
+    cap = int(share / (1 - share) * len(real)) if share < 1 else len(synthetic)
+    if len(synthetic) > cap:
+        synthetic = sorted(random.Random(t.seed).sample(synthetic, cap), key=lambda r: r["id"])
+    chosen = (real + synthetic)[: t.max_pairs]
+    return [r for r in chosen if t.weights.get(r["origin"], 1) > 0]
+
+
+def assemble(engine: Engine, settings: Settings, model=None) -> TrainingData:
+    """Examples with negatives for every selected pair. ``model`` (the serving embedder) mines negatives;
+    without it only production and random negatives are used."""
+    pairs = select_pairs(engine, settings)
+    with engine.connect() as conn:
+        corpus = dict(conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text).where(chunks_t.c.removed_at.is_(None))).all())
+        # every expected id of a query, so no chunk that answers it becomes its negative
+        expected: dict[str, set[str]] = {}
+        for qn, cid in conn.execute(sa.select(pairs_t.c.query_norm, pairs_t.c.chunk_id)):
+            expected.setdefault(qn, set()).add(cid)
+    m = settings.train.mining
+    rng = random.Random(settings.train.seed)
+    mined = _mine(pairs, corpus, model, settings) if model is not None and m.mine else {}
+    ids = sorted(corpus)
+    examples = []
+    for p in pairs:
+        skip = expected.get(p["query_norm"], set()) | {p["chunk_id"]}
+        negs = _dedup([c for c in _as_list(p["hard_negative_ids"]) if c in corpus and c not in skip], m.num_negatives)
+        negs += [c for c in mined.get(p["query"], []) if c not in skip and c not in negs][: m.num_negatives - len(negs)]
+        while len(negs) < m.num_negatives + m.random_negatives and len(ids) > len(skip) + len(negs):
+            c = rng.choice(ids)
+            if c not in skip and c not in negs:
+                negs.append(c)
+        for _ in range(settings.train.weights.get(p["origin"], 1)):
+            examples.append(Example(p["id"], p["query"], p["chunk_id"], negs, p["origin"], p["count"]))
+    texts = {c: corpus[c] for e in examples for c in (e.positive_id, *e.negative_ids)}
+    counts = {o: sum(1 for e in examples if e.origin == o) for o in ("failure", "hit", "synthetic")}
+    log.info("mining.assembled", pairs=len(pairs), examples=len(examples), mined_queries=len(mined), **counts)
+    return TrainingData(examples, texts, counts)
+
+
+def _as_list(v) -> list[str]:
+    return json.loads(v) if isinstance(v, str) else list(v or [])
+
+
+def _dedup(items: list[str], limit: int) -> list[str]:
+    out: list[str] = []
+    for i in items:
+        if i not in out:
+            out.append(i)
+    return out[:limit]
+
+
+def _mine(pairs: list[dict[str, Any]], corpus: dict[str, str], model, settings: Settings) -> dict[str, list[str]]:
+    """query -> mined negative chunk ids, via sentence-transformers' mine_hard_negatives."""
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    m = settings.train.mining
+    first: dict[str, str] = {}
+    for p in pairs:
+        first.setdefault(p["query"], corpus[p["chunk_id"]])
+    if not first:
+        return {}
+    texts = list(corpus.values())
+    by_text: dict[str, str] = {}
+    for cid, text in corpus.items():
+        by_text.setdefault(text, cid)
+    ds = Dataset.from_dict({"anchor": list(first), "positive": list(first.values())})
+    out = mine_hard_negatives(
+        ds, model, corpus=texts, range_min=m.range_min, range_max=min(m.range_max, len(texts) - 1),
+        max_score=m.max_score, relative_margin=m.relative_margin or None, num_negatives=m.num_negatives,
+        sampling_strategy="top", output_format="n-tuple", batch_size=settings.train.embedder.batch_size * 2,
+        verbose=False,
+    )
+    mined: dict[str, list[str]] = {}
+    neg_cols = [c for c in out.column_names if c.startswith("negative")]
+    for row in out:
+        mined[row["anchor"]] = [by_text[row[c]] for c in neg_cols if row[c] in by_text]
+    return mined

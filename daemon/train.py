@@ -1,0 +1,174 @@
+"""Train: fine-tune the embedder or the reranker from stored pairs and register a candidate.
+
+A job runs in a child process (`python -m daemon.train JOB.json`): the daemon stays responsive, GPU
+memory is returned when the child exits, and a timeout or cancellation kills it cleanly. The child
+writes into a temporary folder; only a child that exits 0 with its `training.json` is renamed to
+`models/<kind>/v<N>/` and registered, so a crash or kill registers nothing. Training itself is
+sentence-transformers' own trainers and losses (see daemon/fit.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon import registry
+from daemon.config import Settings
+from daemon.errors import RagloopError
+from daemon.models import base_embedder_path, packaged_minilm
+
+log = structlog.get_logger(__name__)
+KINDS = (registry.EMBEDDER, registry.RERANKER)
+
+
+class TrainError(RagloopError):
+    """A training job could not start or did not finish; nothing was registered."""
+
+
+class TrainCancelled(TrainError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    kind: str
+    version: int
+    path: str
+    training: dict[str, Any]
+
+
+def start_path(engine: Engine, settings: Settings, kind: str) -> tuple[str, str]:
+    """(path to start from, its label in the lineage) for a job of ``kind``.
+
+    Raises:
+        TrainError: a configured base that is neither a folder nor a hub id, before any work.
+    """
+    cfg = getattr(settings.train, kind)
+    if cfg.start_from == "serving":
+        current = registry.serving(engine, kind)
+        if current is not None:
+            return current["path"], f"{kind} v{current['version']}"
+    base = base_embedder_path(cfg.base) if kind == registry.EMBEDDER else (cfg.base or packaged_minilm())
+    if cfg.base and not Path(cfg.base).exists() and (cfg.base.startswith(("/", ".", "~")) or "/" not in cfg.base):
+        raise TrainError(f"train.{kind}.base = {cfg.base!r} is not a folder (nor a Hugging Face id like "
+                         "\"BAAI/bge-reranker-base\"); fix the path or leave it empty for the packaged MiniLM")
+    return base, base
+
+
+def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.Event | None = None,
+            timeout_s: float | None = None) -> TrainResult:
+    """Train one ``kind`` model in a child process and register it as a candidate.
+
+    Raises:
+        TrainError: bad configuration (before any work), a failed or timed-out child.
+        TrainCancelled: ``cancel`` was set; the child was stopped and nothing registered.
+    """
+    if kind not in KINDS:
+        raise TrainError(f"unknown model kind {kind!r}; use one of {KINDS}")
+    mining_model = registry.ensure_base_embedder(engine, settings)["path"]
+    start, start_label = start_path(engine, settings, kind)
+    root = settings.models_dir / kind
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
+    tmp = root / f".tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    job = {"kind": kind, "settings": settings.model_dump(mode="json"), "start": start, "start_label": start_label,
+           "mining_model": mining_model, "out": str(tmp)}
+    (tmp / "job.json").write_text(json.dumps(job))
+    try:
+        _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s)
+        training = json.loads((tmp / "model" / "training.json").read_text())
+        version = _register(engine, kind, tmp, root, start_label, training)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    path = str(root / f"v{version}")
+    log.info("train.registered", kind=kind, version=version, path=path, steps=training["steps"],
+             final_loss=training["final_loss"], duration_s=training["duration_s"], device=training["device"])
+    return TrainResult(kind, version, path, training)
+
+
+def _run_child(job_path: Path, cancel: threading.Event | None, timeout_s: float) -> None:
+    # start_new_session: the child gets its own process group, so a Ctrl-C at the terminal reaches only
+    # the daemon, which then decides to cancel the job cleanly.
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.train", str(job_path)], start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                _stop(proc)
+                raise TrainCancelled("training cancelled; nothing was registered")
+            if time.monotonic() > deadline:
+                _stop(proc)
+                raise TrainError(f"training exceeded train.timeout_s={timeout_s:.0f}s and was killed; nothing registered")
+            time.sleep(0.2)
+    except BaseException:
+        if proc.poll() is None:
+            _stop(proc)
+        raise
+    if proc.returncode != 0:
+        raise TrainError(f"the training process exited with {proc.returncode}; see its log above; nothing registered")
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _register(engine: Engine, kind: str, tmp: Path, root: Path, base: str, training: dict[str, Any]) -> int:
+    """Move the finished model to models/<kind>/v<N>, then register it.
+
+    In that order: a crash between the two leaves an unregistered folder, which the next job with the
+    same number replaces, never a registered version without its weights.
+    """
+    lineage = {"pair_ids": training["pairs"]["ids"], "pairs": training["pairs"]["total"],
+               "data_hash": training["data_hash"], "base": base}
+    version = registry.next_version(engine, kind)
+    final = root / f"v{version}"
+    if final.exists():
+        shutil.rmtree(final)  # an orphan of a crash between rename and register
+    os.replace(tmp / "model", final)  # atomic on one filesystem: the folder appears whole
+    return registry.register(engine, kind, str(final), version=version, base=base, lineage=lineage)
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    for p in root.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _child_main(job_path: str) -> int:
+    from daemon.config import Settings
+    from daemon.fit import fit
+    from daemon.logs import configure_logging
+
+    job = json.loads(Path(job_path).read_text())
+    settings = Settings.model_validate(job["settings"])
+    configure_logging(settings.log.level, settings.log.format)
+    # SIGTERM from the parent: stop at once; the parent deletes the temporary folder.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    fit(job, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1]))

@@ -1,0 +1,135 @@
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from conftest import make_settings, small_feedback_store
+from safetensors.numpy import load_file
+
+from daemon import registry
+from daemon.errors import ConfigError
+from daemon.models import packaged_minilm
+from daemon.train import TrainCancelled, TrainError, run_job
+
+
+@pytest.fixture
+def store(settings, engine, tmp_path):
+    settings.train.embedder.max_steps = 2
+    settings.train.reranker.max_steps = 2
+    settings.train.embedder.batch_size = 4
+    settings.train.reranker.batch_size = 8
+    settings.train.device = "cpu"
+    small_feedback_store(engine, settings, tmp_path)
+    return settings
+
+
+def _train_pair_ids(engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.scalars(sa.text("SELECT id FROM training_pairs WHERE split = 'train'")))
+
+
+def _heldout_pair_ids(engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.scalars(sa.text("SELECT id FROM training_pairs WHERE split = 'heldout'")))
+
+
+@pytest.mark.slow
+def test_two_step_training_of_both_models_registers_candidates(store, engine, minilm):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    emb = run_job(engine, store, "embedder")
+    rr = run_job(engine, store, "reranker")
+    assert (emb.version, rr.version) == (1, 1)
+    for r in (emb, rr):
+        t = json.loads((Path(r.path) / "training.json").read_text())
+        assert t["steps"] == 2 and len(t["loss_curve"]) == 2 and t["device"] == "cpu"
+        assert set(t["pairs"]["ids"]) == _train_pair_ids(engine)  # exactly the train pairs, replayed whole
+        assert not set(t["pairs"]["ids"]) & _heldout_pair_ids(engine)
+        assert t["seed"] == 42 and t["libraries"]["sentence_transformers"]
+        assert list(Path(r.path).glob("*.safetensors")) and not list(Path(r.path).glob("*.bin"))
+        row = registry.get_version(engine, r.kind, r.version)
+        assert row["status"] == "candidate" and row["lineage"]["data_hash"] == t["data_hash"]
+    assert _heldout_pair_ids(engine), "the fixture should have held-out pairs to leave out"
+    from daemon.models import load_embedder
+
+    tuned = load_embedder(emb.path, "cpu")
+    q = ["How do I install a Python package?"]
+    assert not np.allclose(tuned.encode(q), minilm.encode(q))
+    assert emb.training["base"] == "embedder v0"
+    ce = CrossEncoder(rr.path)
+    pairs = [("What is Debian?", "Debian is a free operating system."), ("What is Debian?", "Python has lists.")]
+    scores = ce.predict(pairs)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert rr.training["base"] == packaged_minilm()  # cold start from MiniLM with a fresh head
+
+
+@pytest.mark.slow
+def test_same_data_and_seed_give_the_same_weights_on_cpu(store, engine):
+    a = run_job(engine, store, "embedder")
+    b = run_job(engine, store, "embedder")
+    wa, wb = (load_file(str(next(Path(r.path).glob("*.safetensors")))) for r in (a, b))
+    assert wa.keys() == wb.keys()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert a.training["data_hash"] == b.training["data_hash"]
+
+
+@pytest.mark.slow
+def test_cancelled_or_killed_job_registers_nothing(store, engine):
+    models = store.models_dir / "embedder"
+    cancel = threading.Event()
+    err: list[BaseException] = []
+    t = threading.Thread(target=lambda: _capture(err, run_job, engine, store, "embedder", cancel=cancel))
+    t.start()
+    _wait_for_child()
+    cancel.set()
+    t.join(60)
+    assert isinstance(err[0], TrainCancelled)
+    t = threading.Thread(target=lambda: _capture(err, run_job, engine, store, "embedder"))
+    t.start()
+    pid = _wait_for_child()
+    os.kill(pid, 9)  # a crash of the training process itself
+    t.join(60)
+    assert isinstance(err[1], TrainError) and "exited with -9" in str(err[1])
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM model_versions WHERE kind = 'embedder' AND version > 0")) == 0
+    assert list(models.iterdir()) == []
+
+
+def _capture(errors, fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _wait_for_child(timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"daemon.train\x00" in cmd:
+                    time.sleep(2.0)  # let it get into model loading / training
+                    return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("the training child never started")
+
+
+def test_bad_training_config_fails_before_any_work(tmp_path, db_url, engine):
+    with pytest.raises(ConfigError) as exc:
+        make_settings(tmp_path, db_url, train={"reranker": {"loss": "hinge"}, "embedder": {"batch_size": 1}})
+    text = "\n".join(exc.value.problems)
+    assert "train.reranker.loss" in text and "train.embedder.batch_size" in text
+    s = make_settings(tmp_path, db_url, train={"reranker": {"base": str(tmp_path / "no-such-model"), "start_from": "base"}})
+    t0 = time.monotonic()
+    with pytest.raises(TrainError, match=r"train.reranker.base = .*no-such-model.* is not a folder"):
+        run_job(engine, s, "reranker")
+    assert time.monotonic() - t0 < 5
+    assert not (s.models_dir / "reranker").exists()
