@@ -42,7 +42,7 @@ def ensure_base_embedder(engine: Engine, settings: Settings) -> dict[str, Any]:
     if current is not None:
         return current
     with write_tx(engine) as conn:
-        exists = conn.scalar(sa.select(sa.func.count()).where(versions_t.c.kind == EMBEDDER))
+        exists = conn.scalar(sa.select(sa.func.count()).where(versions_t.c.kind == EMBEDDER, versions_t.c.version == 0))
         if not exists:
             path = base_embedder_path(settings.train.embedder.base)
             conn.execute(versions_t.insert().values(kind=EMBEDDER, version=0, path=path, status="serving", base=None,
@@ -83,3 +83,61 @@ def set_serving(engine: Engine, kind: str, version: int) -> None:
             raise KeyError(f"no {kind} version {version}")
     log.info("registry.serving", kind=kind, version=version)
 
+
+
+def set_status(engine: Engine, kind: str, version: int, status: str) -> None:
+    with write_tx(engine) as conn:
+        conn.execute(versions_t.update().where(versions_t.c.kind == kind, versions_t.c.version == version)
+                     .values(status=status, status_at=utcnow()))
+
+
+def set_metrics(engine: Engine, kind: str, version: int, metrics: dict[str, Any]) -> None:
+    with write_tx(engine) as conn:
+        conn.execute(versions_t.update().where(versions_t.c.kind == kind, versions_t.c.version == version)
+                     .values(metrics=metrics))
+
+
+def promote(engine: Engine, settings: Settings, kind: str, version: int, *, forced: bool = False) -> None:
+    """Make a candidate serve. An embedder is re-indexed (blue/green) first and marked serving only
+    after the alias swapped: a failed re-index leaves the old embedder serving. A reranker needs no
+    re-index; the manifest is rewritten so production picks it up."""
+    from daemon.index import build_index, serving_collection
+    from daemon.serving import publish
+
+    row = get_version(engine, kind, version)
+    if row is None:
+        raise KeyError(f"no {kind} version {version}; see `ragloop models`")
+    if kind == EMBEDDER:
+        build_index(engine, settings, row)  # raises on failure: nothing changes
+        set_serving(engine, kind, version)
+    else:
+        set_serving(engine, kind, version)
+        cur = serving_collection(engine, settings)
+        if cur is not None:
+            publish(engine, settings, cur["collection"], cur["embedder_version"])
+    log.info("registry.promoted", kind=kind, version=version, forced=forced)
+
+
+def rollback(engine: Engine, settings: Settings, kind: str) -> dict[str, Any]:
+    """Back to the previous serving model of ``kind`` (for the embedder: its collection too)."""
+    from daemon.index import rollback_index, serving_collection
+    from daemon.serving import publish
+
+    if kind == EMBEDDER:
+        return rollback_index(engine, settings)
+    current = serving(engine, kind)
+    with engine.connect() as conn:
+        prev = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "retired")
+                            .order_by(versions_t.c.status_at.desc(), versions_t.c.version.desc())).mappings().first()
+    if current is None and prev is None:
+        raise RuntimeError(f"no {kind} to roll back: none is serving and none served before")
+    if prev is not None:
+        set_serving(engine, kind, prev["version"])
+    else:
+        set_status(engine, kind, current["version"], "retired")  # back to "no reranker"
+    cur = serving_collection(engine, settings)
+    if cur is not None:
+        publish(engine, settings, cur["collection"], cur["embedder_version"])
+    result = {"kind": kind, "from": current["version"] if current else None, "to": prev["version"] if prev else None}
+    log.info("registry.rollback", **result)
+    return result

@@ -1,0 +1,146 @@
+"""Does the loop help? Unseen-question quality before and after one `ragloop cycle` on the examples.
+
+    python bench/loop_quality.py [--epochs 1] [--lr 2e-5]
+
+The examples' FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. Production is
+simulated with the base model: for every traffic question it retrieves the top 10 over the whole corpus
+and logs the event (hit or miss) in the v1 format. ragloop ingests that log and runs one cycle (train
+embedder and reranker, gate each against what serves, promote, re-index). Then the unseen half, which
+no stage ever saw, is scored for: the base embedder; the embedder serving after the cycle (and the
+trained candidate, when the gate kept it out); and that embedder with the reranker (serving, or the
+candidate when it was not promoted). The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import structlog
+
+from daemon import registry
+from daemon.config import settings_from_dict
+from daemon.corpus import load_corpus
+from daemon.cycle import run_cycle
+from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve, score
+from daemon.gate import load_reranker
+from daemon.ingest import ingest_once
+from daemon.models import load_embedder, packaged_minilm, pick_device
+from daemon.store import open_store
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Path) -> tuple[int, int]:
+    emb = corpus_embeddings(model, corpus, None, "base")
+    ranked = retrieve(model, corpus, emb, [q["query"] for q in traffic], 10)
+    t0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    misses = 0
+    with log_path.open("w") as fh:
+        for i, (q, top) in enumerate(zip(traffic, ranked)):
+            misses += not set(q["expected_ids"]) & set(top)
+            fh.write(json.dumps({"ts": (t0 + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
+                                 "query": q["query"], "expected_ids": q["expected_ids"], "retrieved_ids": top,
+                                 "source": "loop_quality"}) + "\n")
+    return len(traffic), misses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=float, default=None, help="override train.<kind>.epochs")
+    ap.add_argument("--lr", type=float, default=None, help="override train.<kind>.learning_rate")
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    questions = [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines()]
+    traffic = [q for q in questions if q["half"] == "traffic"]
+    unseen = [q for q in questions if q["half"] == "unseen"]
+    device = pick_device("auto")
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        train = {k: {kk: v for kk, v in (("epochs", args.epochs), ("learning_rate", args.lr)) if v is not None}
+                 for k in ("embedder", "reranker")}
+        settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
+                                       "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train},
+                                      "bench", base_dir=work)
+        engine = open_store(settings.store_url)
+        load_corpus(engine, EXAMPLES / "corpus.jsonl")
+        corpus = Corpus(engine)
+        base = load_embedder(packaged_minilm(), device)
+        n, misses = simulate_production(base, corpus, traffic, work / "feedback.jsonl")
+        ingest_once(engine, settings)
+        print(f"corpus {len(corpus.ids)} chunks; traffic {n} questions logged ({misses} misses); unseen {len(unseen)}")
+        t = time.monotonic()
+        report = run_cycle(engine, settings)
+        cycle_s = time.monotonic() - t
+        for d in report.decisions:
+            print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
+        rows, flags = evaluate_unseen(engine, settings, corpus, base, unseen)
+        engine.dispose()
+    print(f"\nunseen questions ({len(unseen)}), {device}; cycle {cycle_s:.0f}s, total {time.monotonic() - t_start:.0f}s")
+    print(f"{'model':44s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}")
+    for name, m in rows.items():
+        print(f"{name:44s} {m['hit@1']:6.3f} {m['hit@3']:6.3f} {m['hit@5']:6.3f} {m['hit@10']:6.3f} {m['mrr@10']:6.3f}")
+    b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
+    print(f"base_hit10={b['hit@10']:.3f} embedder_hit10={e['hit@10']:.3f} base_hit1={b['hit@1']:.3f} "
+          f"embedder_hit1={e['hit@1']:.3f} pipeline_hit1={p['hit@1']:.3f} pipeline_hit10={p['hit@10']:.3f} "
+          f"base_mrr10={b['mrr@10']:.3f} pipeline_mrr10={p['mrr@10']:.3f} "
+          f"promoted_embedder={flags['promoted_embedder']} promoted_reranker={flags['promoted_reranker']} "
+          f"cycle_s={cycle_s:.0f} device={device}")
+
+
+def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
+    queries = [q["query"] for q in unseen]
+    relevant = [set(q["expected_ids"]) for q in unseen]
+    cache = settings.state_dir / "cache" / "embeddings"
+    rows: dict[str, dict[str, float]] = {}
+
+    def ranked_by(model, key):
+        return retrieve(model, corpus, corpus_embeddings(model, corpus, cache, key), queries, 50)
+
+    base_ranked = ranked_by(base, "embedder-v0")
+    rows["base embedder"] = score(base_ranked, relevant).mean()
+    serving = registry.serving(engine, "embedder")
+    promoted_embedder = int(serving["version"] > 0)
+    emb_model, emb_ranked, emb_row = base, base_ranked, "base embedder"
+    cand = _latest(engine, "embedder")
+    if promoted_embedder:
+        emb_model = load_embedder(serving["path"], settings.train.device)
+        emb_ranked = ranked_by(emb_model, f"embedder-v{serving['version']}")
+        emb_row = f"promoted embedder v{serving['version']}"
+        rows[emb_row] = score(emb_ranked, relevant).mean()
+    elif cand is not None:
+        m = load_embedder(cand["path"], settings.train.device)
+        rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
+            ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
+    rr = registry.serving(engine, "reranker")
+    promoted_reranker = int(rr is not None)
+    rr = rr or _latest(engine, "reranker")
+    pipe_row = emb_row
+    if rr is not None:
+        label = "promoted" if promoted_reranker else "candidate (not promoted)"
+        pipe_row = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']} {label}"
+        rows[pipe_row] = score(rerank(load_reranker(rr["path"], settings), corpus, queries, emb_ranked), relevant).mean()
+    return rows, {"embedder_row": emb_row, "pipeline_row": pipe_row, "promoted_embedder": promoted_embedder,
+                  "promoted_reranker": promoted_reranker}
+
+
+def _latest(engine, kind: str):
+    import sqlalchemy as sa
+
+    from daemon.store import ModelVersion
+
+    t = ModelVersion.__table__
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.kind == kind, t.c.version > 0).order_by(t.c.version.desc())
+                           ).mappings().first()
+    return dict(row) if row else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""One pass of the loop: train embedder and reranker, gate each, promote the winners, publish.
+
+mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
+     -> train reranker -> gate against the now-serving embedder -> (promote: manifest)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon import registry
+from daemon.config import Settings
+from daemon.evaluate import Evaluator
+from daemon.gate import Decision, gate
+from daemon.index import build_index, serving_collection
+from daemon.store import TrainingPair, put_state, utcnow
+from daemon.train import run_job
+
+log = structlog.get_logger(__name__)
+LAST_CYCLE = "cycle.last"
+
+
+@dataclass
+class CycleReport:
+    started_at: str
+    duration_s: float = 0.0
+    train_pairs: int = 0
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | None = None,
+              kinds: tuple[str, ...] = (registry.EMBEDDER, registry.RERANKER),
+              on_stage: Callable[[str], None] = lambda stage: None) -> CycleReport:
+    """Train, gate and promote each kind once. Returns what happened, also stored as `cycle.last`.
+
+    ``cancel`` stops a training child (nothing registered) and skips what has not started; a promotion
+    in progress (re-index and alias swap) always runs to its end.
+    """
+    t0 = time.monotonic()
+    report = CycleReport(started_at=utcnow().isoformat())
+    report.train_pairs = _train_pairs(engine)
+    if report.train_pairs == 0:
+        report.skipped = "no train pairs yet: ingest feedback first"
+        log.info("cycle.skipped", reason=report.skipped)
+        return _finish(engine, report, t0)
+    registry.ensure_base_embedder(engine, settings)
+    if serving_collection(engine, settings) is None:
+        on_stage("building the first index")
+        build_index(engine, settings)  # production needs an index before anything can be promoted into it
+    for kind in kinds:
+        if cancel is not None and cancel.is_set():
+            report.skipped = "cancelled"
+            break
+        on_stage(f"training {kind}")
+        job = run_job(engine, settings, kind, cancel=cancel)
+        on_stage(f"gating {kind} v{job.version}")
+        decision = gate(engine, settings, kind, job.version, evaluator=Evaluator(engine, settings))
+        registry.set_metrics(engine, kind, job.version, decision.figures.get("candidate", {}))
+        if decision.promote:
+            on_stage(f"promoting {kind} v{job.version}" + (" (re-indexing)" if kind == registry.EMBEDDER else ""))
+            _promote(engine, settings, decision)
+        report.decisions.append({"kind": kind, "version": job.version, "outcome": decision.outcome,
+                                 "reason": decision.reason, "decision_id": decision.id})
+    return _finish(engine, report, t0)
+
+
+def _promote(engine: Engine, settings: Settings, d: Decision) -> None:
+    try:
+        registry.promote(engine, settings, d.kind, d.candidate)
+    except Exception as exc:  # a failed re-index leaves the old model serving; say so and go on
+        log.error("cycle.promote_failed", kind=d.kind, version=d.candidate, error=str(exc))
+        d.outcome, d.reason = "reject", f"promotion failed: {exc}"
+
+
+def _train_pairs(engine: Engine) -> int:
+    t = TrainingPair.__table__
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(sa.func.count()).where(t.c.split == "train"))
+
+
+def _finish(engine: Engine, report: CycleReport, t0: float) -> CycleReport:
+    report.duration_s = round(time.monotonic() - t0, 1)
+    put_state(engine, LAST_CYCLE, report.as_dict())
+    log.info("cycle.done", duration_s=report.duration_s, train_pairs=report.train_pairs,
+             decisions=[f"{d['kind']} v{d['version']}: {d['outcome']}" for d in report.decisions],
+             skipped=report.skipped)
+    return report

@@ -1,0 +1,206 @@
+"""Evaluate: retrieval quality of an embedder, and of embedder + reranker, on fixed query sets.
+
+Retrieval is exact search over the whole corpus (normalized embeddings, one matrix product), scored
+per query with hit@1/3/5/10, MRR@10 and nDCG@10 (binary relevance; every expected chunk of a query is
+relevant). This is an exact equivalent of sentence-transformers' InformationRetrievalEvaluator for
+these metrics, written here because the gate needs the per-query figures (for its paired bootstrap and
+for the lists of queries fixed and broken), which the evaluator only reports as means.
+
+Corpus embeddings are cached per (model version, chunk text hash), so a gate embeds only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Engine
+
+from daemon.config import Settings
+from daemon.store import Chunk, TrainingPair
+
+log = structlog.get_logger(__name__)
+pairs_t, chunks_t = TrainingPair.__table__, Chunk.__table__
+METRICS = ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10")
+
+
+@dataclass
+class EvalSet:
+    name: str
+    queries: list[str]
+    relevant: list[set[str]]
+    pair_ids: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def eval_sets(engine: Engine) -> dict[str, EvalSet]:
+    """The two sets the gate scores, read from the store (their pair ids go into each decision).
+
+    held-out: every held-out real query (failure or hit pairs), never trained on.
+    guard: queries the serving system already answers well (held-out hits) plus synthetic questions.
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(pairs_t.c.id, pairs_t.c.query, pairs_t.c.query_norm, pairs_t.c.chunk_id, pairs_t.c.split,
+                      pairs_t.c.origin, pairs_t.c.hit_count)
+            .join(chunks_t, chunks_t.c.id == pairs_t.c.chunk_id)
+            .where(chunks_t.c.removed_at.is_(None)).order_by(pairs_t.c.id)
+        ).all()
+    heldout = _group(r for r in rows if r.split == "heldout" and r.origin != "synthetic")
+    guard = _group(r for r in rows if (r.split == "heldout" and r.origin == "hit" and r.hit_count > 0)
+                   or r.origin == "synthetic")
+    return {"heldout": EvalSet("heldout", *heldout), "guard": EvalSet("guard", *guard)}
+
+
+def _group(rows) -> tuple[list[str], list[set[str]], list[int]]:
+    by_norm: dict[str, tuple[str, set[str]]] = {}
+    ids: list[int] = []
+    for r in rows:
+        by_norm.setdefault(r.query_norm, (r.query, set()))[1].add(r.chunk_id)
+        ids.append(r.id)
+    return [q for q, _ in by_norm.values()], [rel for _, rel in by_norm.values()], ids
+
+
+def query_metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
+    """The six metrics for one query's ranked ids."""
+    first = next((i for i, c in enumerate(ranked[:10]) if c in relevant), None)
+    dcg = sum(1 / math.log2(i + 2) for i, c in enumerate(ranked[:10]) if c in relevant)
+    idcg = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), 10)))
+    out = {f"hit@{k}": float(first is not None and first < k) for k in (1, 3, 5, 10)}
+    out["mrr@10"] = 0.0 if first is None else 1 / (first + 1)
+    out["ndcg@10"] = dcg / idcg if idcg else 0.0
+    return out
+
+
+@dataclass
+class Scores:
+    """Per-query metrics for one model (or pipeline) on one set, and their means."""
+
+    per_query: list[dict[str, float]]
+
+    def mean(self) -> dict[str, float]:
+        n = len(self.per_query)
+        return {m: round(sum(q[m] for q in self.per_query) / n, 4) if n else 0.0 for m in METRICS}
+
+    def column(self, metric: str) -> np.ndarray:
+        return np.array([q[metric] for q in self.per_query])
+
+
+class Corpus:
+    """Active chunk ids, texts and hashes, loaded once per gate."""
+
+    def __init__(self, engine: Engine):
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text, chunks_t.c.text_hash)
+                                .where(chunks_t.c.removed_at.is_(None)).order_by(chunks_t.c.id)).all()
+        self.ids = [r.id for r in rows]
+        self.texts = [r.text for r in rows]
+        self.hashes = [r.text_hash for r in rows]
+        self.text_of = dict(zip(self.ids, self.texts))
+
+
+def corpus_embeddings(model, corpus: Corpus, cache_dir: Path | None, key: str, batch_size: int = 64) -> np.ndarray:
+    """Normalized embeddings of the corpus, reusing those cached for ``key`` (a model version) by text hash."""
+    cached: dict[str, np.ndarray] = {}
+    path = cache_dir / f"{key}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            cached = dict(zip(z["hashes"].tolist(), z["vectors"]))
+    missing = sorted({h for h in corpus.hashes if h not in cached})
+    if missing:
+        text_by_hash = dict(zip(corpus.hashes, corpus.texts))
+        vecs = model.encode([text_by_hash[h] for h in missing], batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+        cached.update(zip(missing, vecs))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keep = sorted(set(corpus.hashes))
+            np.savez(path, hashes=np.array(keep), vectors=np.stack([cached[h] for h in keep]))
+    log.debug("evaluate.embeddings", key=key, cached=len(corpus.hashes) - len(missing), embedded=len(missing))
+    return np.stack([cached[h] for h in corpus.hashes])
+
+
+def retrieve(model, corpus: Corpus, emb: np.ndarray, queries: list[str], depth: int) -> list[list[str]]:
+    """Exact top-``depth`` chunk ids per query (cosine on normalized vectors)."""
+    if not queries:
+        return []
+    q = model.encode(queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    sims = q @ emb.T
+    depth = min(depth, sims.shape[1])
+    top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
+    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
+    ranked = np.take_along_axis(top, order, axis=1)
+    return [[corpus.ids[i] for i in row] for row in ranked]
+
+
+def rerank(reranker, corpus: Corpus, queries: list[str], candidates: list[list[str]], batch_size: int = 32) -> list[list[str]]:
+    """Reorder each query's candidates by cross-encoder score."""
+    pairs = [(q, corpus.text_of[c]) for q, cands in zip(queries, candidates) for c in cands]
+    if not pairs:
+        return candidates
+    scores = reranker.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+    out, i = [], 0
+    for cands in candidates:
+        s = scores[i : i + len(cands)]
+        i += len(cands)
+        out.append([cands[j] for j in np.argsort(-s, kind="stable")])
+    return out
+
+
+def score(ranked: list[list[str]], relevant: list[set[str]]) -> Scores:
+    return Scores([query_metrics(r, rel) for r, rel in zip(ranked, relevant)])
+
+
+@dataclass
+class Evaluator:
+    """Scores models on the eval sets with one corpus snapshot and a shared embedding cache."""
+
+    engine: Engine
+    settings: Settings
+    corpus: Corpus = field(init=False)
+    sets: dict[str, EvalSet] = field(init=False)
+
+    def __post_init__(self):
+        self.corpus = Corpus(self.engine)
+        self.sets = eval_sets(self.engine)
+        self._ranked: dict[tuple[str, str], list[list[str]]] = {}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.state_dir / "cache" / "embeddings"
+
+    def candidates(self, key: str, model, set_name: str) -> list[list[str]]:
+        """First-stage ranking (top gate.rerank_depth) of ``set_name`` by embedder ``key``, memoized."""
+        if (key, set_name) not in self._ranked:
+            emb = corpus_embeddings(model, self.corpus, self.cache_dir, key)
+            self._ranked[(key, set_name)] = retrieve(model, self.corpus, emb, self.sets[set_name].queries,
+                                                     max(self.settings.gate.rerank_depth, 10))
+        return self._ranked[(key, set_name)]
+
+    def embedder_scores(self, key: str, model) -> dict[str, Scores]:
+        return {name: score(self.candidates(key, model, name), s.relevant) for name, s in self.sets.items()}
+
+    def pipeline_scores(self, key: str, model, reranker) -> dict[str, Scores]:
+        """Embedder top-depth, reranked (or not, when ``reranker`` is None: "no reranker" is a valid state)."""
+        out = {}
+        for name, s in self.sets.items():
+            cands = self.candidates(key, model, name)
+            out[name] = score(rerank(reranker, self.corpus, s.queries, cands) if reranker is not None else cands,
+                              s.relevant)
+        return out
+
+
+def corpus_fingerprint(corpus: Corpus) -> str:
+    return hashlib.sha256("".join(corpus.hashes).encode()).hexdigest()[:16]
+
+
+def summary(scores: dict[str, Scores]) -> dict[str, Any]:
+    return {name: {**s.mean(), "queries": len(s.per_query)} for name, s in scores.items()}

@@ -1,0 +1,55 @@
+import math
+
+import numpy as np
+import pytest
+from conftest import small_feedback_store
+
+from daemon.evaluate import Corpus, Evaluator, corpus_embeddings, eval_sets, query_metrics
+
+
+def test_query_metrics_by_hand():
+    m = query_metrics(["x", "a", "y", "b"], {"a", "b"})
+    assert (m["hit@1"], m["hit@3"], m["hit@10"]) == (0.0, 1.0, 1.0)
+    assert m["mrr@10"] == 0.5
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    assert m["ndcg@10"] == pytest.approx(dcg / (1 + 1 / math.log2(3)))
+    miss = query_metrics([f"n{i}" for i in range(10)] + ["a"], {"a"})
+    assert (miss["hit@10"], miss["mrr@10"], miss["ndcg@10"]) == (0.0, 0.0, 0.0)
+
+
+def test_eval_sets_are_held_out_only_and_guard_is_answered_hits(settings, engine, tmp_path):
+    small_feedback_store(engine, settings, tmp_path, n_questions=60)
+    sets = eval_sets(engine)
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        splits = dict(conn.execute(sa.text("SELECT id, split FROM training_pairs")).all())
+        hits = dict(conn.execute(sa.text("SELECT id, hit_count FROM training_pairs")).all())
+    assert sets["heldout"].pair_ids and all(splits[i] == "heldout" for i in sets["heldout"].pair_ids)
+    assert all(splits[i] == "heldout" and hits[i] > 0 for i in sets["guard"].pair_ids)
+    assert len(sets["guard"]) < len(sets["heldout"])
+
+
+def test_embeddings_are_cached_by_model_and_chunk_hash(settings, engine, tmp_path, minilm):
+    small_feedback_store(engine, settings, tmp_path, n_questions=10, distractors=5)
+    corpus = Corpus(engine)
+    calls = []
+
+    class Counting:
+        def encode(self, texts, **kw):
+            calls.append(len(texts))
+            return minilm.encode(texts, **kw)
+
+    cache = tmp_path / "cache"
+    a = corpus_embeddings(Counting(), corpus, cache, "embedder-v0")
+    b = corpus_embeddings(Counting(), corpus, cache, "embedder-v0")
+    assert calls == [len(set(corpus.hashes))] and np.array_equal(a, b)
+    corpus_embeddings(Counting(), corpus, cache, "embedder-v1")  # another model: embedded again
+    assert calls[-1] == len(set(corpus.hashes))
+
+
+def test_base_model_scores_are_high_on_faq_titles(settings, engine, tmp_path, minilm):
+    small_feedback_store(engine, settings, tmp_path, n_questions=40)
+    ev = Evaluator(engine, settings)
+    held = ev.embedder_scores("embedder-v0", minilm)["heldout"].mean()
+    assert held["hit@10"] >= 0.8 and held["hit@1"] <= held["hit@3"] <= held["hit@10"]
