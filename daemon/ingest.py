@@ -73,8 +73,11 @@ def limits_from(settings: Settings, known_ids: set[str]) -> Limits:
     return Limits(s.k, s.max_query_chars, s.max_ids, known_ids if s.require_known_ids else None)
 
 
-def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = None) -> IngestReport:
+def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = None,
+                stop: threading.Event | None = None) -> IngestReport:
     """Read every new complete line of the configured logs (or of ``files``) into the store.
+
+    ``stop``, when set, ends the pass after the batch being committed (a daemon shutting down).
 
     Returns:
         What was read, summed over files.
@@ -86,8 +89,11 @@ def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = No
     seen_fingerprints: set[str] = set()
     with _no_cyclic_gc():
         for path in paths:
-            total.add(_ingest_path(engine, settings, limits, path, seen_fingerprints))
-    log.info("ingest.pass", **total.as_dict())
+            if stop is not None and stop.is_set():
+                break
+            total.add(_ingest_path(engine, settings, limits, path, seen_fingerprints, stop))
+    # An idle pass every few seconds is not news: log it only when it read something.
+    (log.info if total.lines or total.skipped_files else log.debug)("ingest.pass", **total.as_dict())
     return total
 
 
@@ -117,7 +123,8 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
-def _ingest_path(engine: Engine, settings: Settings, limits: Limits, path: str, seen: set[str]) -> IngestReport:
+def _ingest_path(engine: Engine, settings: Settings, limits: Limits, path: str, seen: set[str],
+                 stop: threading.Event | None = None) -> IngestReport:
     rep = IngestReport()
     is_gz = path.endswith(".gz")
     try:
@@ -132,7 +139,7 @@ def _ingest_path(engine: Engine, settings: Settings, limits: Limits, path: str, 
             if cursor is None:
                 return rep
             rep.files = 1
-            _read(engine, settings, limits, fh, cursor, st, rep)
+            _read(engine, settings, limits, fh, cursor, st, rep, stop)
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         # Rotated away, unreadable or a corrupt .gz: what was committed stays; go on with the next file.
         log.warning("ingest.file_error", file=path, error=str(exc))
@@ -214,7 +221,8 @@ class _ReadSpec:
     keys: QueryKeys
 
 
-def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cursor, st, rep: IngestReport) -> None:
+def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cursor, st, rep: IngestReport,
+          stop: threading.Event | None = None) -> None:
     s = settings.ingest
     spec = _ReadSpec(cursor["path"], cursor["id"], limits, s.batch_lines, s.max_line_bytes, s.quarantine_raw_chars,
                      QueryKeys(settings.gate.heldout_fraction))
@@ -225,7 +233,7 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
         batches = _in_reader_process(fh, cursor["offset"], cursor["line_no"], spec)
     sqls = (_insert_events_sql(engine.dialect), upsert_sql(engine.dialect))
     for prepared in batches:
-        if not _commit(engine, sqls, cursor, prepared, st.st_size, rep):
+        if not _commit(engine, sqls, cursor, prepared, st.st_size, rep) or (stop is not None and stop.is_set()):
             batches.close()
             return
     if isinstance(fh, gzip.GzipFile) and not fh.read(1):
