@@ -5,7 +5,7 @@ CONFIG ?= config.toml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test bench-ingest setup clean
+.PHONY: run status test bench-ingest setup clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The main job: load the example corpus, ingest the example feedback log, show the status.
+# The main job: load the example corpus, then run the daemon on the examples (Ctrl-C stops it):
+# it ingests examples/feedback.jsonl, runs a retrain cycle, gates, and swaps the alias on a win.
 run: setup
 	$(VENV)/bin/ragloop -c $(CONFIG) corpus load examples/corpus.jsonl
-	$(VENV)/bin/ragloop -c $(CONFIG) ingest
+	$(VENV)/bin/ragloop -c $(CONFIG) run
+
+status: setup
 	$(VENV)/bin/ragloop -c $(CONFIG) status
 
 test: setup

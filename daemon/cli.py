@@ -48,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--reranker", action="store_true", help="only the reranker")
     tr.add_argument("--max-steps", type=int, help="override train.<kind>.max_steps for this run")
 
+    run = sub.add_parser("run", help="the daemon: ingest, retrain and promote on schedule (systemd's ExecStart)")
+    run.add_argument("--once", action="store_true", help="run every due stage once, then exit")
+    sub.add_parser("check", help="exit 0 if the daemon's heartbeat is fresh, 1 if not (monitoring, ExecStartPost)")
+    sub.add_parser("cycle", help="one full pass: train embedder and reranker, gate, promote, re-index, manifest")
+    pr = sub.add_parser("promote", help="operator override: make a version serve without the gate")
+    pr.add_argument("kind", choices=["embedder", "reranker"])
+    pr.add_argument("version", type=int)
+    pr.add_argument("--force", action="store_true", required=True, help="required: skips the gate (logged as forced)")
+    rb = sub.add_parser("rollback", help="back to the previous serving model (embedder: and its collection)")
+    rb.add_argument("kind", nargs="?", default="embedder", choices=["embedder", "reranker"])
+    sub.add_parser("models", help="model versions with their status and held-out metrics")
+    ev = sub.add_parser("eval", help="score a version (default: what serves) on the held-out and guard sets")
+    ev.add_argument("kind", nargs="?", choices=["embedder", "reranker"])
+    ev.add_argument("version", nargs="?", type=int)
+
     quar = sub.add_parser("quarantine", help="see and replay bad log lines").add_subparsers(dest="q_cmd", required=True)
     ql = quar.add_parser("list", help="list unresolved quarantined lines")
     ql.add_argument("--limit", type=int, default=50)
@@ -88,11 +103,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
     from daemon.store import open_store
 
-    settings = load_settings(_config_path(args.config))
+    path = _config_path(args.config)
+    settings = load_settings(path)
     configure_logging(settings.log.level, settings.log.format)
+    if args.cmd == "run":
+        from daemon.service import Daemon
+
+        return Daemon(settings, path).run(once=args.once)
     engine = open_store(settings.store_url, echo=settings.store.echo)
     handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db,
-               "index": _index, "search": _search, "train": _train}
+               "index": _index, "search": _search, "train": _train, "cycle": _cycle, "promote": _promote,
+               "rollback": _rollback, "models": _models, "eval": _eval, "check": _check}
     return handler[args.cmd](args, settings, engine)
 
 
@@ -152,6 +173,79 @@ def _train(args, settings, engine) -> int:
         t = r.training
         print(f"{kind} v{r.version} (candidate) at {r.path}: {t['steps']} steps on {t['device']}/{t['precision']} "
               f"from {t['base']}, {t['pairs']['total']} pairs, final loss {t['final_loss']}, {t['duration_s']:.0f}s")
+    return 0
+
+
+def _check(args, settings, engine) -> int:
+    from daemon.service import check
+
+    ok, why = check(engine, settings)
+    print(why)
+    return 0 if ok else 1
+
+
+def _cycle(args, settings, engine) -> int:
+    from daemon.cycle import run_cycle
+
+    r = run_cycle(engine, settings)
+    if r.skipped:
+        print(f"cycle skipped: {r.skipped}")
+    for d in r.decisions:
+        print(f"{d['kind']} v{d['version']}: {d['outcome']} ({d['reason']})")
+    print(f"cycle took {r.duration_s:.0f}s on {r.train_pairs} train pairs")
+    return 0
+
+
+def _promote(args, settings, engine) -> int:
+    from daemon.registry import promote
+    from daemon.store import GateDecision, utcnow, write_tx
+
+    promote(engine, settings, args.kind, args.version, forced=True)
+    with write_tx(engine) as conn:  # an override is a decision too: keep it with the others
+        conn.execute(GateDecision.__table__.insert().values(
+            kind=args.kind, candidate_version=args.version, serving_version=None, outcome="forced",
+            reason="operator override: ragloop promote --force", figures={}, fixed=[], broken=[],
+            eval_pair_ids={}, created_at=utcnow()))
+    print(f"{args.kind} v{args.version} is serving (forced)")
+    return 0
+
+
+def _rollback(args, settings, engine) -> int:
+    from daemon.registry import rollback
+
+    r = rollback(engine, settings, args.kind)
+    print(json.dumps(r))
+    return 0
+
+
+def _models(args, settings, engine) -> int:
+    from daemon.status import model_rows, table
+
+    print(table(["kind", "version", "status", "base", "heldout hit@1", "hit@10", "mrr@10", "created"], model_rows(engine)))
+    return 0
+
+
+def _eval(args, settings, engine) -> int:
+    from daemon import registry
+    from daemon.evaluate import Evaluator, summary
+    from daemon.gate import load_reranker
+    from daemon.models import load_embedder
+    from daemon.status import table
+
+    emb = registry.ensure_base_embedder(engine, settings)
+    if args.kind == "embedder" and args.version is not None:
+        emb = registry.get_version(engine, "embedder", args.version)
+    rr = registry.serving(engine, "reranker")
+    if args.kind == "reranker" and args.version is not None:
+        rr = registry.get_version(engine, "reranker", args.version)
+    ev = Evaluator(engine, settings)
+    model = load_embedder(emb["path"], settings.train.device)
+    key = f"embedder-v{emb['version']}"
+    rows = [[f"embedder v{emb['version']}", n, *m.values()] for n, m in summary(ev.embedder_scores(key, model)).items()]
+    if rr is not None:
+        piped = summary(ev.pipeline_scores(key, model, load_reranker(rr["path"], settings)))
+        rows += [[f"+ reranker v{rr['version']}", n, *m.values()] for n, m in piped.items()]
+    print(table(["model", "set", "hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "queries"], rows))
     return 0
 
 

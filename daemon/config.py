@@ -77,10 +77,22 @@ class IngestSettings(_Section):
     )
 
 
+_METRIC = Literal["hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10"]
+
+
 class GateSettings(_Section):
     heldout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of distinct queries held out from training, between 0 and 1"
     )
+    embedder_metric: _METRIC = Field("hit@10", description='primary held-out metric for the embedder, e.g. "hit@10", "mrr@10"')
+    reranker_metric: _METRIC = Field("hit@1", description='primary held-out metric after reranking, e.g. "hit@1"')
+    min_gain: float = Field(0.01, ge=0, lt=1, description="the primary metric must rise at least this much, 0..1")
+    max_guard_drop: float = Field(0.02, ge=0, lt=1, description="no guard metric may fall more than this, 0..1")
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="paired bootstrap resamples; 100 or more")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bootstrap lower bound")
+    seed: int = Field(0, description="bootstrap seed (decisions are reproducible)")
+    min_heldout: int = Field(20, ge=1, description="below this many held-out queries the gate refuses to decide")
+    rerank_depth: int = Field(50, ge=10, le=1000, description="embedder candidates the reranker reorders; 10..1000")
 
 
 class QdrantSettings(_Section):
@@ -193,6 +205,48 @@ class TrainSettings(_Section):
         return {"failure": 2, "hit": 1, "synthetic": 1, **v}
 
 
+class ScheduleSettings(_Section):
+    ingest_interval_s: float = Field(10.0, gt=0, description="seconds between ingest passes")
+    retrain_cron: str = Field(
+        "", description='cron expression for scheduled retraining, e.g. "0 3 * * *" (03:00 daily); empty: none'
+    )
+    min_new_pairs: int = Field(
+        50, ge=1, description="retrain as soon as this many new train pairs arrived since the last cycle"
+    )
+    min_cycle_interval_s: float = Field(3600.0, ge=0, description="never start cycles more often than this")
+    check_interval_s: float = Field(10.0, gt=0, description="seconds between checks for new pairs")
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_cron(cls, v: str) -> str:
+        if v:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as exc:
+                raise ValueError(f"not a cron expression ({exc})") from None
+        return v
+
+
+class ServiceSettings(_Section):
+    shutdown_timeout_s: float = Field(60.0, gt=0, description="on SIGTERM, seconds to let running work stop cleanly")
+    metrics_addr: str = Field(
+        "", description='"127.0.0.1:9464" serves Prometheus metrics at /metrics; empty: off. Loopback only'
+    )
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="seconds between heartbeats written to the store")
+    heartbeat_max_age_s: float = Field(60.0, gt=0, description="`ragloop check` fails when the heartbeat is older")
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v:
+            host, _, port = v.rpartition(":")
+            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") or not port.isdigit():
+                raise ValueError('must be a loopback "host:port" such as "127.0.0.1:9464"')
+        return v
+
+
 class Settings(_Section):
     """The whole configuration. Relative paths are resolved against the config file's folder."""
 
@@ -206,6 +260,8 @@ class Settings(_Section):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Where the file was read from; not a setting.
     source: str = Field("<defaults>", exclude=True)

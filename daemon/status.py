@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.store import (Chunk, EventCount, IndexVersion, IngestCursor, ModelVersion, Quarantine, TrainingPair,
+from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, Quarantine, TrainingPair,
                            get_state, utcnow)
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
@@ -43,6 +43,10 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         chunks_removed = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_not(None)))
         files = [_file_lag(r) for r in conn.execute(sa.select(cu).order_by(cu.c.updated_at.desc()).limit(20)).mappings()]
         serving_rows = conn.execute(sa.select(mv).where(mv.c.status == "serving")).mappings().all()
+        gd = GateDecision.__table__
+        decisions = [{"kind": r.kind, "candidate": r.candidate_version, "serving": r.serving_version,
+                      "outcome": r.outcome, "reason": r.reason, "at": r.created_at.isoformat()}
+                     for r in conn.execute(sa.select(gd).order_by(gd.c.id.desc()).limit(4))]
         idx = conn.execute(sa.select(iv).where(iv.c.status == "serving")).mappings().first()
     events, misses = int(sum(kinds.values())), int(kinds.get("miss", 0))
     return {
@@ -61,6 +65,11 @@ def collect_status(engine: Engine) -> dict[str, Any]:
             "indexed_chunks": idx["points"] if idx else None,
             "on_promote": get_state(engine, "serving.on_promote"),
         },
+        "last_cycle": get_state(engine, "cycle.last"),
+        "daemon": {"heartbeat": get_state(engine, "service.heartbeat"), "schedule": get_state(engine, "service.schedule")},
+        "decisions": decisions,
+        "models": [dict(zip(["kind", "version", "status", "base", "heldout_hit@1", "heldout_hit@10", "heldout_mrr@10",
+                             "created"], r)) for r in model_rows(engine)[:10]],
     }
 
 
@@ -86,6 +95,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def render_status(s: dict[str, Any]) -> str:
     rate = lambda r: "-" if r is None else f"{r:.1%}"  # noqa: E731
     out = [
+        _render_daemon(s["daemon"]),
+        "",
         "Feedback",
         table(["window", "events", "misses", "miss rate"],
               [["all", s["events"], s["misses"], rate(s["miss_rate"])]]
@@ -100,6 +111,8 @@ def render_status(s: dict[str, Any]) -> str:
         f"Quarantine: {s['quarantine']['unresolved']} unresolved, {s['quarantine']['resolved']} resolved",
         "",
         _render_serving(s["serving"]),
+        "",
+        _render_loop(s),
         "",
         "Log files",
         table(["path", "lines read", "lag bytes", "done"],
@@ -132,3 +145,49 @@ def index_rows(engine: Engine) -> list[list[Any]]:
         rows = conn.execute(sa.select(iv).where(iv.c.status != "deleted").order_by(iv.c.version.desc())).mappings().all()
     return [[r["collection"], r["status"], f"v{r['embedder_version']}", r["points"], r["created_at"].strftime("%Y-%m-%d %H:%M"),
              r["swapped_at"].strftime("%Y-%m-%d %H:%M") if r["swapped_at"] else None] for r in rows]
+
+
+def model_rows(engine: Engine) -> list[list[Any]]:
+    mv = ModelVersion.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(mv).order_by(mv.c.kind, mv.c.version.desc())).mappings().all()
+    out = []
+    for r in rows:
+        held = (r["metrics"] or {}).get("heldout", {})
+        out.append([r["kind"], f"v{r['version']}", r["status"], _short(r["base"]), held.get("hit@1"), held.get("hit@10"),
+                    held.get("mrr@10"), r["created_at"].strftime("%Y-%m-%d %H:%M")])
+    return out
+
+
+def _short(path: str | None) -> str | None:
+    if path is None:
+        return None
+    return path if len(path) <= 24 else "..." + path[-21:]
+
+
+def _render_daemon(d: dict[str, Any]) -> str:
+    hb = d["heartbeat"]
+    if hb is None:
+        return "Daemon: never ran on this store (start it with `ragloop run`)"
+    age = utcnow().timestamp() - hb["unix"]
+    state = "stopped" if hb.get("stopped") else f"pid {hb['pid']}, {hb['stage']}"
+    lines = [f"Daemon: {state}; last heartbeat {age:.0f}s ago"]
+    if d["schedule"] and not hb.get("stopped"):
+        lines.append(table(["job", "next run (UTC)"], [[k, (v or "-")[:19]] for k, v in sorted(d["schedule"].items())]))
+    return "\n".join(lines)
+
+
+def _render_loop(s: dict[str, Any]) -> str:
+    c = s["last_cycle"]
+    cycle = "never" if c is None else (
+        f"{c['started_at'][:19]} ({c['duration_s']:.0f}s, {c['train_pairs']} train pairs)"
+        + (f": skipped, {c['skipped']}" if c.get("skipped") else ""))
+    lines = [f"Last cycle: {cycle}", "Gate decisions (newest first)"]
+    lines.append(table(["kind", "candidate", "vs serving", "outcome", "reason"],
+                       [[d["kind"], f"v{d['candidate']}", "none" if d["serving"] is None else f"v{d['serving']}",
+                         d["outcome"], d["reason"][:70]] for d in s["decisions"]]) if s["decisions"] else "(none yet)")
+    if s["models"]:
+        lines += ["Models", table(["kind", "version", "status", "heldout hit@1", "hit@10", "mrr@10"],
+                                  [[m["kind"], m["version"], m["status"], m["heldout_hit@1"], m["heldout_hit@10"],
+                                    m["heldout_mrr@10"]] for m in s["models"]])]
+    return "\n".join(lines)

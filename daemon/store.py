@@ -147,6 +147,23 @@ class IndexVersion(SQLModel, table=True):
     swapped_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
+class GateDecision(SQLModel, table=True):
+    """What the gate decided about a candidate, with every figure behind it."""
+
+    __tablename__ = "gate_decisions"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    candidate_version: int
+    serving_version: int | None = None
+    outcome: str = Field(max_length=16)  # promote | reject | refuse | undecided | forced
+    reason: str
+    figures: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    fixed: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    broken: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    eval_pair_ids: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
 class ServiceState(SQLModel, table=True):
     """Small named facts the daemon reports (last hook result, heartbeat, ...)."""
 

@@ -124,24 +124,49 @@ def finetuned_minilm(tmp_path_factory) -> str:
     return str(out / "model")
 
 
-def small_feedback_store(engine, settings, tmp_path, n_questions: int = 30, distractors: int = 30) -> list[dict]:
-    """Load a small real corpus (answers of ``n_questions`` example questions plus distractor chunks) and
-    ingest a feedback log for those questions, as production would have written it."""
-    from daemon.corpus import upsert_chunks
-    from daemon.ingest import ingest_once
-
+def small_feedback_files(tmp_path: Path, n_questions: int = 30, distractors: int = 30) -> tuple[Path, list[str]]:
+    """A small real corpus file (answers of ``n_questions`` example questions plus distractor chunks) and
+    the feedback lines production would have logged for those questions."""
     chunks = {c["id"]: c for c in example_chunks(10_000)}
     questions = [q for q in example_questions() if len(q["expected_ids"]) == 1][:n_questions]
     ids = [q["expected_ids"][0] for q in questions]
     others = [cid for cid in chunks if cid not in ids][:distractors]
-    upsert_chunks(engine, [chunks[c] for c in dict.fromkeys(ids + others)], mark_missing_removed=False)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(chunks[c]) + "\n" for c in dict.fromkeys(ids + others)))
+    lines = []
+    for i, q in enumerate(questions):
+        retrieved = others[i % 10 : i % 10 + 5] + ([q["expected_ids"][0]] if i % 2 else [])
+        lines.append(json.dumps({"ts": f"2026-11-20T10:{i % 60:02d}:00Z", "query": q["query"],
+                                 "expected_ids": q["expected_ids"], "retrieved_ids": retrieved}))
+    return corpus, lines
+
+
+def small_feedback_store(engine, settings, tmp_path, n_questions: int = 30, distractors: int = 30) -> None:
+    """Load `small_feedback_files` into the store through the real corpus load and ingest."""
+    from daemon.corpus import load_corpus
+    from daemon.ingest import ingest_once
+
+    corpus, lines = small_feedback_files(tmp_path, n_questions, distractors)
+    load_corpus(engine, corpus, merge=True)
     log = tmp_path / "logs" / "feedback.jsonl"
     log.parent.mkdir(exist_ok=True)
-    with open(log, "w") as fh:
-        for i, q in enumerate(questions):
-            retrieved = others[i % 10 : i % 10 + 5] + ([q["expected_ids"][0]] if i % 2 else [])
-            fh.write(json.dumps({"ts": f"2026-11-20T10:{i:02d}:00Z", "query": q["query"],
-                                 "expected_ids": q["expected_ids"], "retrieved_ids": retrieved}) + "\n")
+    log.write_text("".join(line + "\n" for line in lines))
     settings.ingest.paths = [str(log)]
     ingest_once(engine, settings)
-    return questions
+
+
+@pytest.fixture(scope="session")
+def damaged_minilm(tmp_path_factory) -> str:
+    """MiniLM with heavy noise added to every weight: a deliberately broken embedder."""
+    import torch
+
+    from daemon.models import load_embedder, packaged_minilm
+
+    model = load_embedder(packaged_minilm(), "cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (p.std() if p.numel() > 1 else 1.0) * 2)
+    out = tmp_path_factory.mktemp("damaged") / "model"
+    model.save_pretrained(str(out))
+    return str(out)
