@@ -205,6 +205,31 @@ class TrainSettings(_Section):
         return {"failure": 2, "hit": 1, "synthetic": 1, **v}
 
 
+DEFAULT_SYNTH_PROMPT = (
+    "Generate 3-5 questions related to the chunk. Each question must be full and not require additional "
+    "context. Answer with a numbered list of questions and nothing else."
+)
+
+
+class SynthSettings(_Section):
+    enabled: bool = Field(True, description="false turns synthesis off; it is also off while $ANTHROPIC_API_KEY is unset")
+    model: str = Field("claude-haiku-4-5", min_length=1, description='Claude model id, e.g. "claude-haiku-4-5"')
+    base_url: str = Field("", description="Messages API base URL; empty: the SDK's default (api.anthropic.com)")
+    system_prompt: str = Field(DEFAULT_SYNTH_PROMPT, min_length=1, description="system prompt for each chunk")
+    min_questions: int = Field(1, ge=1, le=20, description="fewer valid questions than this counts as empty output")
+    max_questions: int = Field(5, ge=1, le=20, description="questions kept per chunk; 1..20")
+    max_tokens: int = Field(400, ge=16, le=8192, description="max output tokens per call")
+    concurrency: int = Field(4, ge=1, le=64, description="calls in flight at once; 1..64")
+    timeout_s: float = Field(60.0, gt=0, description="seconds per API call before it counts as a timeout")
+    max_retries: int = Field(4, ge=0, le=10, description="the SDK's retries with backoff on 429, 5xx and timeouts")
+    batch_chunks: int = Field(200, ge=1, description="chunks per synthesis run (ragloop synth --limit overrides)")
+    run_token_budget: int = Field(300_000, ge=0, description="input+output tokens one run may spend; 0: no limit")
+    daily_token_budget: int = Field(3_000_000, ge=0, description="tokens per UTC day; 0: no limit")
+    input_usd_per_mtok: float = Field(1.0, ge=0, description="price per million input tokens, for cost estimates")
+    output_usd_per_mtok: float = Field(5.0, ge=0, description="price per million output tokens, for cost estimates")
+    max_attempts: int = Field(3, ge=1, description="failed calls for a chunk before it is left alone")
+
+
 class ScheduleSettings(_Section):
     ingest_interval_s: float = Field(10.0, gt=0, description="seconds between ingest passes")
     retrain_cron: str = Field(
@@ -215,6 +240,7 @@ class ScheduleSettings(_Section):
     )
     min_cycle_interval_s: float = Field(3600.0, ge=0, description="never start cycles more often than this")
     check_interval_s: float = Field(10.0, gt=0, description="seconds between checks for new pairs")
+    synth_interval_s: float = Field(300.0, gt=0, description="seconds between synthesis batches, run when no cycle is")
 
     @field_validator("retrain_cron")
     @classmethod
@@ -261,6 +287,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    synth: SynthSettings = Field(default_factory=SynthSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Where the file was read from; not a setting.

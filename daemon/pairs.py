@@ -53,6 +53,7 @@ class QueryKeys:
     def __init__(self, heldout_fraction: float, max_entries: int = 200_000):
         self.heldout_fraction, self.max_entries = heldout_fraction, max_entries
         self._cache: dict[str, tuple[str, str]] = {}
+        self.heldout: set[str] = set()  # split keys of held-out queries, where a caller needs them
 
     def __call__(self, query: str) -> tuple[str, str]:
         hit = self._cache.get(query)
@@ -100,9 +101,11 @@ class PairBatch:
                 a[3], a[4] = ts, ev
 
     def add_pair(self, query: str, chunk_id: str, ts: datetime, *, origin: str, generator: str | None = None,
-                 negatives: list[str] | None = None) -> None:
-        """A pair that does not come from a logged event (e.g. a synthetic question)."""
-        qn, split = self.keys(query)
+                 negatives: list[str] | None = None, split: str | None = None) -> None:
+        """A pair that does not come from a logged event (e.g. a synthetic question); ``split`` overrides
+        the hash-based assignment."""
+        qn, hashed = self.keys(query)
+        split = split or hashed
         t = ts_text(ts)
         self._extra.append((query, qn, chunk_id, orjson.dumps(negatives or []).decode(), 1, 0, 0, None, split,
                             origin, generator, t, t))

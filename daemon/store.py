@@ -164,6 +164,23 @@ class GateDecision(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
+class SynthRecord(SQLModel, table=True):
+    """One synthesis call for one version (text hash) of a chunk, with its cost."""
+
+    __tablename__ = "synth_records"
+    id: int | None = Field(default=None, primary_key=True)
+    chunk_id: str = Field(index=True)
+    text_hash: str
+    status: str = Field(max_length=8)  # done | empty | failed
+    questions: int = 0
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True), index=True)
+
+
 class ServiceState(SQLModel, table=True):
     """Small named facts the daemon reports (last hook result, heartbeat, ...)."""
 
