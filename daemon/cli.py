@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the daemon: ingest, retrain and promote on schedule (systemd's ExecStart)")
     run.add_argument("--once", action="store_true", help="run every due stage once, then exit")
     sub.add_parser("check", help="exit 0 if the daemon's heartbeat is fresh, 1 if not (monitoring, ExecStartPost)")
+    sy = sub.add_parser("synth", help="ask Claude for questions for chunks that have none yet (needs ANTHROPIC_API_KEY)")
+    sy.add_argument("--limit", type=int, help="at most this many chunks (default: synth.batch_chunks)")
     sub.add_parser("cycle", help="one full pass: train embedder and reranker, gate, promote, re-index, manifest")
     pr = sub.add_parser("promote", help="operator override: make a version serve without the gate")
     pr.add_argument("kind", choices=["embedder", "reranker"])
@@ -113,7 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     engine = open_store(settings.store_url, echo=settings.store.echo)
     handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db,
                "index": _index, "search": _search, "train": _train, "cycle": _cycle, "promote": _promote,
-               "rollback": _rollback, "models": _models, "eval": _eval, "check": _check}
+               "rollback": _rollback, "models": _models, "eval": _eval, "check": _check,
+               "synth": _synth}
     return handler[args.cmd](args, settings, engine)
 
 
@@ -182,6 +185,15 @@ def _check(args, settings, engine) -> int:
     ok, why = check(engine, settings)
     print(why)
     return 0 if ok else 1
+
+
+def _synth(args, settings, engine) -> int:
+    from daemon.synth import run_synthesis
+
+    r = run_synthesis(engine, settings, args.limit)
+    print(f"{r.done} chunk(s) got {r.questions} questions, {r.empty} empty, {r.failed} failed, of {r.chunks}; "
+          f"{r.input_tokens + r.output_tokens} tokens, ~${r.cost_usd:.4f}" + (f"; stopped: {r.stopped}" if r.stopped else ""))
+    return 0
 
 
 def _cycle(args, settings, engine) -> int:
@@ -289,7 +301,7 @@ def _quarantine(args, settings, engine) -> int:
 def _status(args, settings, engine) -> int:
     from daemon.status import collect_status, render_status
 
-    s = collect_status(engine)
+    s = collect_status(engine, settings)
     print(json.dumps(s) if args.json else render_status(s))
     return 0
 

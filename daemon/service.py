@@ -50,6 +50,7 @@ class Daemon:
         self.engine = self.lock = self.scheduler = self.metrics = None
         self._sigints = 0
         self._forced = False
+        self._synth_off: str | None = "unknown"
 
     # -- lifecycle -------------------------------------------------------------------------------
     def startup(self) -> None:
@@ -65,6 +66,7 @@ class Daemon:
 
             self.metrics = serve(self.engine, self.settings.service.metrics_addr)
         self._heartbeat()
+        self._synth_enabled()  # says once whether synthesis is on
         log.info("service.started", pid=os.getpid(), state_dir=str(self.settings.state_dir),
                  config=self.config_path, systemd=self.notifier.enabled)
 
@@ -169,6 +171,8 @@ class Daemon:
             self.scheduler.remove_job("retrain-cron")
         self.scheduler.add_job(self._heartbeat, "interval", seconds=s.service.heartbeat_interval_s, id="heartbeat",
                                replace_existing=True)
+        self.scheduler.add_job(self.synthesize, "interval", seconds=s.schedule.synth_interval_s, id="synth",
+                               replace_existing=True)
 
     def ingest(self) -> None:
         """One ingest pass. Never raises: a failure is logged and retried at the next interval."""
@@ -179,6 +183,30 @@ class Daemon:
         except Exception as exc:  # disk full, store briefly down, ...: back off to the next run
             self.totals["errors"] += 1
             log.error("service.ingest_failed", error=str(exc), retry_in_s=self.settings.schedule.ingest_interval_s)
+
+    def synthesize(self) -> None:
+        """A synthesis batch in idle time: never while a cycle runs. Off without an API key (said once)."""
+        from daemon.synth import run_synthesis
+
+        if not self._synth_enabled() or self.stop.is_set() or not self.cycle_lock.acquire(blocking=False):
+            return
+        try:
+            run_synthesis(self.engine, self.settings)
+        except Exception as exc:  # a bad API answer or an outage: logged, retried next interval
+            self.totals["errors"] += 1
+            log.error("service.synth_failed", error=str(exc))
+        finally:
+            self.cycle_lock.release()
+
+    def _synth_enabled(self) -> bool:
+        """Whether synthesis can run; logs a change of state once, not at every interval."""
+        from daemon.synth import disabled_reason
+
+        why = disabled_reason(self.settings)
+        if why != self._synth_off:
+            log.info("synth.off" if why else "synth.on", reason=why, model=self.settings.synth.model)
+            self._synth_off = why
+        return why is None
 
     def maybe_cycle(self, reason: str) -> None:
         """Run a cycle if one is due and none is running."""

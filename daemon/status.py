@@ -15,7 +15,7 @@ from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestC
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
 
-def collect_status(engine: Engine) -> dict[str, Any]:
+def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
     """All figures `ragloop status` prints, as one JSON-serializable dict."""
     ec, pr, q, ch, cu = (t.__table__ for t in (EventCount, TrainingPair, Quarantine, Chunk, IngestCursor))
     mv, iv = ModelVersion.__table__, IndexVersion.__table__
@@ -68,6 +68,7 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         "last_cycle": get_state(engine, "cycle.last"),
         "daemon": {"heartbeat": get_state(engine, "service.heartbeat"), "schedule": get_state(engine, "service.schedule")},
         "decisions": decisions,
+        "synthesis": _synthesis(engine, settings),
         "models": [dict(zip(["kind", "version", "status", "base", "heldout_hit@1", "heldout_hit@10", "heldout_mrr@10",
                              "created"], r)) for r in model_rows(engine)[:10]],
     }
@@ -113,6 +114,8 @@ def render_status(s: dict[str, Any]) -> str:
         _render_serving(s["serving"]),
         "",
         _render_loop(s),
+        "",
+        _render_synthesis(s["synthesis"]),
         "",
         "Log files",
         table(["path", "lines read", "lag bytes", "done"],
@@ -191,3 +194,22 @@ def _render_loop(s: dict[str, Any]) -> str:
                                   [[m["kind"], m["version"], m["status"], m["heldout_hit@1"], m["heldout_hit@10"],
                                     m["heldout_mrr@10"]] for m in s["models"]])]
     return "\n".join(lines)
+
+
+def _synthesis(engine: Engine, settings) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    from daemon.synth import synth_status
+
+    return synth_status(engine, settings)
+
+
+def _render_synthesis(sy: dict[str, Any] | None) -> str:
+    if sy is None:
+        return "Synthesis: -"
+    state = "on" if sy["enabled"] else f"off ({sy['off_reason']})"
+    rec = sy["records"]
+    return "\n".join([f"Synthesis: {state}", table(
+        ["chunks done", "empty", "failed calls", "synthetic pairs", "tokens today", "budget/day", "cost today", "cost total"],
+        [[rec.get("done", 0), rec.get("empty", 0), rec.get("failed", 0), sy["synthetic_pairs"], sy["tokens_today"],
+          sy["daily_token_budget"] or "none", f"${sy['cost_usd_today']:.4f}", f"${sy['cost_usd_total']:.4f}"]])])
