@@ -52,8 +52,12 @@ def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Pa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=float, default=None, help="override train.<kind>.epochs")
-    ap.add_argument("--lr", type=float, default=None, help="override train.<kind>.learning_rate")
+    ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
+    ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
+    ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
+    ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
+    ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
+    ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     questions = [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines()]
@@ -63,11 +67,15 @@ def main() -> None:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        train = {k: {kk: v for kk, v in (("epochs", args.epochs), ("learning_rate", args.lr)) if v is not None}
-                 for k in ("embedder", "reranker")}
+        overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr)),
+                     "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
+        train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
+                 for k, pairs in overrides.items()}
+        gate = {"embedder_metric": args.embedder_metric} if args.embedder_metric else {}
         settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
-                                       "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train},
-                                      "bench", base_dir=work)
+                                       "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train,
+                                       "gate": gate}, "bench", base_dir=work)
+        print(f"settings: train.embedder {train['embedder']}, train.reranker {train['reranker']}, gate {gate}")
         engine = open_store(settings.store_url)
         load_corpus(engine, EXAMPLES / "corpus.jsonl")
         corpus = Corpus(engine)
