@@ -117,7 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                "index": _index, "search": _search, "train": _train, "cycle": _cycle, "promote": _promote,
                "rollback": _rollback, "models": _models, "eval": _eval, "check": _check,
                "synth": _synth}
-    return handler[args.cmd](args, settings, engine)
+    try:
+        return handler[args.cmd](args, settings, engine)
+    finally:
+        engine.dispose()  # return pooled connections now, not at garbage collection
 
 
 def _ingest(args, settings, engine) -> int:
