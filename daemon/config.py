@@ -137,7 +137,18 @@ class MiningSettings(_Section):
     )
 
 
-class EmbedderTrainSettings(_Section):
+class _ModelTrainSettings(_Section):
+    """What the embedder and the reranker jobs share."""
+
+    batch_size: int = Field(16, ge=2, le=4096, description="examples per step; 2..4096")
+    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
+    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 means use epochs")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW learning rate, e.g. 2e-5")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up the learning rate, 0..1")
+    max_seq_length: int = Field(256, ge=16, le=8192, description="tokens per input (a text, or a query+chunk pair)")
+
+
+class EmbedderTrainSettings(_ModelTrainSettings):
     base: str = Field(
         "", description='base embedder: a local path or a Hugging Face id; empty means the packaged all-MiniLM-L6-v2'
     )
@@ -150,15 +161,9 @@ class EmbedderTrainSettings(_Section):
     mini_batch_size: int = Field(
         0, ge=0, description="set > 0 to use CachedMultipleNegativesRankingLoss with this mini-batch size"
     )
-    batch_size: int = Field(16, ge=2, le=4096, description="examples per step; 2..4096")
-    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
-    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 means use epochs")
-    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW learning rate, e.g. 2e-5")
-    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up the learning rate, 0..1")
-    max_seq_length: int = Field(256, ge=16, le=8192, description="tokens per text; longer texts are cut")
 
 
-class RerankerTrainSettings(_Section):
+class RerankerTrainSettings(_ModelTrainSettings):
     base: str = Field(
         "", description='base cross-encoder (e.g. "BAAI/bge-reranker-base"); empty starts from the packaged MiniLM '
         "with a fresh one-label head"
@@ -169,12 +174,6 @@ class RerankerTrainSettings(_Section):
     loss: Literal["bce", "lambda", "cached_mnrl"] = Field(
         "bce", description='"bce" (BinaryCrossEntropyLoss), "lambda" (LambdaLoss) or "cached_mnrl"'
     )
-    batch_size: int = Field(16, ge=2, le=4096, description="examples per step; 2..4096")
-    epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
-    max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 means use epochs")
-    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW learning rate, e.g. 2e-5")
-    warmup: float = Field(0.1, ge=0, lt=1, description="share of steps spent warming up the learning rate, 0..1")
-    max_seq_length: int = Field(256, ge=16, le=8192, description="tokens per query+chunk pair")
 
 
 class TrainSettings(_Section):

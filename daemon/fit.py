@@ -107,10 +107,7 @@ def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: st
                                                 **_common_args(settings, cfg, device, precision, batch, out, len(ds)))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss,
                                          callbacks=[_progress_callback("embedder", settings)])
-    _quiet(trainer)
-    trainer.train()
-    model.save_pretrained(str(out), safe_serialization=True)
-    return model, trainer.state
+    return _train_and_save(trainer, model, out)
 
 
 def reranker_dataset(data: TrainingData, loss: str):
@@ -154,17 +151,18 @@ def _fit_reranker(start: str, data: TrainingData, settings: Settings, device: st
     args = CrossEncoderTrainingArguments(**_common_args(settings, cfg, device, precision, batch, out, len(ds)))
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=ds, loss=loss,
                                   callbacks=[_progress_callback("reranker", settings)])
-    _quiet(trainer)
-    trainer.train()
-    model.save_pretrained(str(out), safe_serialization=True)
-    return model, trainer.state
+    return _train_and_save(trainer, model, out)
 
 
-def _quiet(trainer) -> None:
-    """Our progress events replace the trainer's printed dicts (which are not structured logs)."""
+def _train_and_save(trainer, model, out: Path):
+    """Train, then save safetensors weights into ``out``. Our progress events replace the trainer's
+    printed dicts, which are not structured logs."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model, trainer.state
 
 
 def _progress_callback(kind: str, settings: Settings):
