@@ -20,11 +20,10 @@ from daemon.config import Settings
 from daemon.evaluate import Evaluator
 from daemon.gate import Decision, gate
 from daemon.index import build_index, serving_collection
-from daemon.store import TrainingPair, put_state, utcnow
+from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
 from daemon.train import run_job
 
 log = structlog.get_logger(__name__)
-LAST_CYCLE = "cycle.last"
 
 
 @dataclass
@@ -49,7 +48,7 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
     """
     t0 = time.monotonic()
     report = CycleReport(started_at=utcnow().isoformat())
-    report.train_pairs = _train_pairs(engine)
+    report.train_pairs = train_pair_count(engine)
     if report.train_pairs == 0:
         report.skipped = "no train pairs yet: ingest feedback first"
         log.info("cycle.skipped", reason=report.skipped)
@@ -83,7 +82,7 @@ def _promote(engine: Engine, settings: Settings, d: Decision) -> None:
         d.outcome, d.reason = "reject", f"promotion failed: {exc}"
 
 
-def _train_pairs(engine: Engine) -> int:
+def train_pair_count(engine: Engine) -> int:
     t = TrainingPair.__table__
     with engine.connect() as conn:
         return conn.scalar(sa.select(sa.func.count()).where(t.c.split == "train"))

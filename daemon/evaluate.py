@@ -11,7 +11,6 @@ Corpus embeddings are cached per (model version, chunk text hash), so a gate emb
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,10 +195,6 @@ class Evaluator:
             out[name] = score(rerank(reranker, self.corpus, s.queries, cands) if reranker is not None else cands,
                               s.relevant)
         return out
-
-
-def corpus_fingerprint(corpus: Corpus) -> str:
-    return hashlib.sha256("".join(corpus.hashes).encode()).hexdigest()[:16]
 
 
 def summary(scores: dict[str, Scores]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, NamedTuple
 
-import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
@@ -442,8 +441,8 @@ def hour_counts(events: list[tuple[Event, Any, int, int]]) -> list[tuple[str, st
 
 
 def _count_sql(dialect) -> str:
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    return (f"INSERT INTO event_counts (hour, kind, count) VALUES ({mark}, {mark}, {mark}) "
+    values = placeholders(dialect, ("hour", "kind", "count"), set(), set())
+    return (f"INSERT INTO event_counts (hour, kind, count) VALUES ({values}) "
             "ON CONFLICT (hour, kind) DO UPDATE SET count = event_counts.count + excluded.count")
 
 

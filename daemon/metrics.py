@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.status import collect_status
-from daemon.store import GateDecision, get_state
+from daemon.store import COUNTERS, GateDecision, get_state
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ def render(engine: Engine) -> str:
     metric("quarantined", "gauge", "Unresolved quarantined log lines.", [({}, s["quarantine"]["unresolved"])])
     metric("pairs", "gauge", "Training pairs by split and origin.",
            [({"split": sp, "origin": o}, n) for sp, d in s["pairs"].items() for o, n in d.items()])
-    cycles = get_state(engine, "service.counters") or {}
+    cycles = get_state(engine, COUNTERS) or {}
     metric("cycles_total", "counter", "Retrain cycles run by this store's daemon.", [({}, cycles.get("cycles", 0))])
     gd = GateDecision.__table__
     with engine.connect() as conn:
@@ -47,7 +47,7 @@ def render(engine: Engine) -> str:
            [({"kind": k}, m["version"]) for k, m in s["serving"]["models"].items()])
     last = s["last_cycle"] or {}
     metric("last_cycle_duration_seconds", "gauge", "Duration of the last cycle.", [({}, last.get("duration_s"))])
-    hb = get_state(engine, "service.heartbeat") or {}
+    hb = s["daemon"]["heartbeat"] or {}  # already read by collect_status
     metric("last_heartbeat_timestamp_seconds", "gauge", "Unix time of the daemon's last heartbeat.", [({}, hb.get("unix"))])
     return "\n".join(out) + "\n"
 

@@ -15,25 +15,21 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
-import sqlalchemy as sa
 import structlog
 
 from daemon import registry
 from daemon.config import Settings, load_settings
-from daemon.cycle import LAST_CYCLE, run_cycle
+from daemon.cycle import run_cycle, train_pair_count
 from daemon.errors import RagloopError
 from daemon.ingest import ingest_once
 from daemon.lock import InstanceLock
-from daemon.store import TrainingPair, get_state, open_store, put_state, utcnow
+from daemon.store import COUNTERS, HEARTBEAT, LAST_CYCLE, SCHEDULE, get_state, open_store, put_state, utcnow
 from daemon.systemd import Notifier
 from daemon.train import TrainCancelled
 from daemon.vectorstore import open_vectors
 
 log = structlog.get_logger(__name__)
-HEARTBEAT, SCHEDULE, COUNTERS = "service.heartbeat", "service.schedule", "service.counters"
 
 
 class Daemon:
@@ -239,9 +235,7 @@ class Daemon:
         """(due, why): enough new train pairs since the last cycle, and not too soon after it."""
         sc = self.settings.schedule
         last = get_state(self.engine, LAST_CYCLE)
-        t = TrainingPair.__table__
-        with self.engine.connect() as conn:
-            train = conn.scalar(sa.select(sa.func.count()).where(t.c.split == "train"))
+        train = train_pair_count(self.engine)
         if train == 0:
             return False, "no train pairs yet"
         if last is not None:
@@ -310,7 +304,3 @@ def check(engine, settings: Settings) -> tuple[bool, str]:
     if age > settings.service.heartbeat_max_age_s:
         return False, f"last heartbeat {age:.0f}s ago > service.heartbeat_max_age_s (pid {hb['pid']}, stage {hb['stage']})"
     return True, f"alive: heartbeat {age:.0f}s ago, pid {hb['pid']}, stage {hb['stage']}"
-
-
-def config_path_of(settings: Settings) -> str | None:
-    return settings.source if settings.source and Path(settings.source).exists() else None

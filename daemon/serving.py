@@ -19,10 +19,9 @@ from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
 from daemon.registry import EMBEDDER, RERANKER, get_version, serving
-from daemon.store import get_state, put_state, utcnow
+from daemon.store import HOOK_RESULT, put_state, utcnow
 
 log = structlog.get_logger(__name__)
-HOOK_STATE = "serving.on_promote"
 
 
 def build_manifest(engine: Engine, settings: Settings, collection: str, embedder_version: int) -> dict[str, Any]:
@@ -81,13 +80,9 @@ def run_hook(engine: Engine, settings: Settings) -> dict[str, Any] | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         result = {"ok": False, "returncode": None, "stderr": str(exc)[-500:]}
     result.update(command=argv, at=utcnow().isoformat())
-    put_state(engine, HOOK_STATE, result)
+    put_state(engine, HOOK_RESULT, result)
     if result["ok"]:
         log.info("serving.on_promote", command=argv, returncode=0)
     else:
         log.error("serving.on_promote_failed", command=argv, returncode=result["returncode"], stderr=result["stderr"])
     return result
-
-
-def last_hook(engine: Engine) -> dict[str, Any] | None:
-    return get_state(engine, HOOK_STATE)

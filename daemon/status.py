@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, Quarantine, TrainingPair,
-                           get_state, utcnow)
+                           HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -63,10 +63,10 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
             "models": {r["kind"]: {"version": r["version"], "path": r["path"]} for r in serving_rows},
             "collection": idx["collection"] if idx else None,
             "indexed_chunks": idx["points"] if idx else None,
-            "on_promote": get_state(engine, "serving.on_promote"),
+            "on_promote": get_state(engine, HOOK_RESULT),
         },
-        "last_cycle": get_state(engine, "cycle.last"),
-        "daemon": {"heartbeat": get_state(engine, "service.heartbeat"), "schedule": get_state(engine, "service.schedule")},
+        "last_cycle": get_state(engine, LAST_CYCLE),
+        "daemon": {"heartbeat": get_state(engine, HEARTBEAT), "schedule": get_state(engine, SCHEDULE)},
         "decisions": decisions,
         "synthesis": _synthesis(engine, settings),
         "models": [dict(zip(["kind", "version", "status", "base", "heldout_hit@1", "heldout_hit@10", "heldout_mrr@10",

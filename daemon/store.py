@@ -190,6 +190,14 @@ class ServiceState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
+# service_state keys, named once: writers (cycle, serving, service) and readers (status, metrics, check).
+LAST_CYCLE = "cycle.last"
+HOOK_RESULT = "serving.on_promote"
+HEARTBEAT = "service.heartbeat"
+SCHEDULE = "service.schedule"
+COUNTERS = "service.counters"
+
+
 def put_state(engine: Engine, key: str, value: dict[str, Any]) -> None:
     t = ServiceState.__table__
     with write_tx(engine) as conn:

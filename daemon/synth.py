@@ -103,11 +103,20 @@ def pending_chunks(engine: Engine, settings: Settings, limit: int) -> list[dict[
     return todo[:limit]
 
 
+def _usage(conn: sa.Connection, today_only: bool) -> tuple[int, float]:
+    """(tokens, estimated USD) recorded in total, or since 00:00 UTC today."""
+    r = records_t
+    q = sa.select(sa.func.coalesce(sa.func.sum(r.c.input_tokens + r.c.output_tokens), 0),
+                  sa.func.coalesce(sa.func.sum(r.c.cost_usd), 0.0))
+    if today_only:
+        q = q.where(r.c.created_at >= datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0))
+    tokens, cost = conn.execute(q).one()
+    return int(tokens), float(cost)
+
+
 def tokens_today(engine: Engine) -> int:
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     with engine.connect() as conn:
-        return int(conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(records_t.c.input_tokens + records_t.c.output_tokens), 0))
-                               .where(records_t.c.created_at >= start)))
+        return _usage(conn, today_only=True)[0]
 
 
 class _Budget:
@@ -237,17 +246,13 @@ def heldout_split_keys(engine: Engine) -> set[str]:
 
 def synth_status(engine: Engine, settings: Settings) -> dict[str, Any]:
     """Figures for `ragloop status`: coverage, and tokens and cost today and in total."""
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     r = records_t
     with engine.connect() as conn:
         by_status = dict(conn.execute(sa.select(r.c.status, sa.func.count()).group_by(r.c.status)).all())
-        total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(r.c.input_tokens + r.c.output_tokens), 0),
-                                       sa.func.coalesce(sa.func.sum(r.c.cost_usd), 0.0))).one()
-        today = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(r.c.input_tokens + r.c.output_tokens), 0),
-                                       sa.func.coalesce(sa.func.sum(r.c.cost_usd), 0.0)).where(r.c.created_at >= start)).one()
+        total, today = _usage(conn, today_only=False), _usage(conn, today_only=True)
         synthetic = conn.scalar(sa.select(sa.func.count()).where(pairs_t.c.origin == "synthetic"))
     return {"enabled": disabled_reason(settings) is None, "off_reason": disabled_reason(settings),
             "records": by_status, "synthetic_pairs": synthetic,
-            "tokens_total": int(total[0]), "cost_usd_total": round(float(total[1]), 4),
-            "tokens_today": int(today[0]), "cost_usd_today": round(float(today[1]), 4),
+            "tokens_total": total[0], "cost_usd_total": round(total[1], 4),
+            "tokens_today": today[0], "cost_usd_today": round(today[1], 4),
             "daily_token_budget": settings.synth.daily_token_budget}
