@@ -58,6 +58,11 @@ def main() -> None:
     ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
     ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
+    ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
+                    help="smollm2: synthetic questions for every chunk from the offline generator (bench/offline_synth.py)")
+    ap.add_argument("--synth-cache", type=Path, default=Path("bench/.cache/smollm2-questions.jsonl"),
+                    help="generated answers by chunk text hash, reused across runs")
+    ap.add_argument("--synthetic-share", type=float, default=None, help="override train.max_synthetic_share")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     questions = [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines()]
@@ -71,11 +76,15 @@ def main() -> None:
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
+        if args.synthetic_share is not None:
+            train["max_synthetic_share"] = args.synthetic_share
         gate = {"embedder_metric": args.embedder_metric} if args.embedder_metric else {}
         settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
                                        "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train,
-                                       "gate": gate}, "bench", base_dir=work)
-        print(f"settings: train.embedder {train['embedder']}, train.reranker {train['reranker']}, gate {gate}")
+                                       "gate": gate, "synth": {"model": "SmolLM2-135M-Instruct.Q4_1",
+                                                               "run_token_budget": 0, "daily_token_budget": 0}},
+                                      "bench", base_dir=work)
+        print(f"settings: train {train}, gate {gate}, synth {args.synth}")
         engine = open_store(settings.store_url)
         load_corpus(engine, EXAMPLES / "corpus.jsonl")
         corpus = Corpus(engine)
@@ -83,6 +92,8 @@ def main() -> None:
         n, misses = simulate_production(base, corpus, traffic, work / "feedback.jsonl")
         ingest_once(engine, settings)
         print(f"corpus {len(corpus.ids)} chunks; traffic {n} questions logged ({misses} misses); unseen {len(unseen)}")
+        if args.synth == "smollm2":
+            synthesize_offline(engine, settings, args.synth_cache)
         t = time.monotonic()
         report = run_cycle(engine, settings)
         cycle_s = time.monotonic() - t
@@ -100,6 +111,23 @@ def main() -> None:
           f"base_mrr10={b['mrr@10']:.3f} pipeline_mrr10={p['mrr@10']:.3f} "
           f"promoted_embedder={flags['promoted_embedder']} promoted_reranker={flags['promoted_reranker']} "
           f"cycle_s={cycle_s:.0f} device={device}")
+
+
+def synthesize_offline(engine, settings, cache: Path) -> None:
+    """Questions for every chunk from SmolLM2, stored by the real synthesis path as synthetic pairs."""
+    from offline_synth import PregeneratedClient, generate_all
+
+    from daemon.synth import pending_chunks, run_synthesis
+
+    todo = pending_chunks(engine, settings, 10**9)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    t = time.monotonic()
+    answers = generate_all(todo, cache)
+    gen_s = time.monotonic() - t
+    client = PregeneratedClient(answers, {c["text"]: c["text_hash"] for c in todo})
+    rep = run_synthesis(engine, settings, limit=len(todo), client=client)
+    print(f"offline synthesis: {rep.done} chunks with questions, {rep.empty} without, {rep.questions} questions "
+          f"({gen_s:.0f}s generating, 0 when cached)")
 
 
 def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):

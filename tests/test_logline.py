@@ -6,6 +6,7 @@ import jsonschema
 import pytest
 
 from daemon.errors import LogLineError
+from daemon import logline
 from daemon.logline import Limits, parse_event
 
 LIM = Limits(k=10, max_query_chars=200, max_ids=20, known_ids={"a", "b", "c", "d"})
@@ -100,3 +101,27 @@ def _stricter_rule(obj: dict) -> bool:
     scores, ids = obj.get("retrieved_scores"), obj.get("retrieved_ids")
     return (isinstance(scores, list) and isinstance(ids, list) and len(scores) != len(ids)) or (
         isinstance(obj.get("query"), str) and obj["query"].isspace())
+
+
+def _outcome(parse, line, lim):
+    try:
+        return parse(line, lim)
+    except LogLineError as exc:
+        return str(exc)
+
+
+def test_typed_fast_path_agrees_with_the_reference_path():
+    """parse_event decodes typed (msgspec) and falls back to the generic path only to explain a failure:
+    both must give the same event, or the same reason, for every line."""
+    lim = Limits(k=10, max_query_chars=64, max_ids=5, known_ids={"a", "b", "c"})
+    rng = random.Random(11)
+    lines = [json.dumps(_mutate(rng)) for _ in range(3000)]
+    lines += ['{"ts": "2026-11-21T10:00:00Z", "query": "q\\ud800", "expected_ids": ["a"], "retrieved_ids": []}',
+              '{"ts": "2026-11-21T10:00:00Z", "query": "q", "expected_ids": ["a"], "retrieved_ids": [], '
+              '"retrieved_scores": [1e400]}',
+              '{"ts": "2026-11-21T10:00:00Z", "query": "q", "query": 5, "expected_ids": ["a"], "retrieved_ids": []}',
+              '{"ts": "2026-11-21T10:00:00Z", "query": "q", "expected_ids": ["a"], "retrieved_ids": ["a"], '
+              '"retrieved_scores": [true]}', "[]", "", "{", "\x00", '"str"']
+    outcomes = [(_outcome(parse_event, line, lim), _outcome(logline._parse_untyped, line, lim)) for line in lines]
+    assert [(line, a, b) for line, (a, b) in zip(lines, outcomes) if a != b] == []
+    assert sum(isinstance(a, str) for a, _ in outcomes) > 500 and sum(not isinstance(a, str) for a, _ in outcomes) > 50
