@@ -60,6 +60,10 @@ class IngestSettings(_Section):
     batch_lines: int = Field(
         2000, ge=1, le=1_000_000, description="lines per transaction (offset committed with the rows); 1..1000000"
     )
+    workers: int = Field(
+        0, ge=0, le=64, description="processes that parse and commit a large backlog in turn; 0: one per core "
+        "(at most 4); 1: read in this process only",
+    )
     max_line_bytes: int = Field(
         65536, ge=256, description="longer lines are quarantined unread; at least 256"
     )

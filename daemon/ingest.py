@@ -5,8 +5,8 @@ compression to .gz) plus device+inode. The byte offset reached is committed in t
 transaction as the rows read before it, with a compare-and-swap on the old offset, so a crash at
 any instant neither loses nor duplicates a line, and two ingesters never both commit the same lines.
 
-A large backlog is parsed in a forked reader process while this process writes: on two cores that
-doubles throughput. Batches still commit one at a time, in file order, each with its offset.
+A large backlog is read by forked workers (daemon/ingest_workers.py) that parse on every core and
+commit in turn: batches still commit one at a time, in file order, each with its offset.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import gc
 import glob
 import gzip
 import hashlib
-import multiprocessing
 import os
-import queue
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, NamedTuple
+from typing import IO, Any, Callable, Iterator, NamedTuple
 
 import sqlalchemy as sa
 import structlog
@@ -31,6 +29,7 @@ from sqlalchemy.engine import Engine
 from daemon.config import Settings
 from daemon.corpus import known_chunk_ids
 from daemon.errors import LogLineError
+from daemon.ingest_workers import WorkerJob, run_workers
 from daemon.logline import UNKNOWN_ID, Event, Limits, parse_event
 from daemon.pairs import PairBatch, QueryKeys, placeholders, quote, upsert_sql
 from daemon.store import FeedbackEvent, IngestCursor, Quarantine, utcnow, write_tx
@@ -225,24 +224,40 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
     s = settings.ingest
     spec = _ReadSpec(cursor["path"], cursor["id"], limits, s.batch_lines, s.max_line_bytes, s.quarantine_raw_chars,
                      QueryKeys(settings.gate.heldout_fraction))
-    fh.seek(cursor["offset"])
-    remaining = (st.st_size * 5 if isinstance(fh, gzip.GzipFile) else st.st_size) - cursor["offset"]
-    batches = _batches(fh, cursor["offset"], cursor["line_no"], spec)
-    if remaining >= PARALLEL_MIN_BYTES:
-        batches = _in_reader_process(fh, cursor["offset"], cursor["line_no"], spec)
+    is_gz = isinstance(fh, gzip.GzipFile)
     sqls = (_insert_events_sql(engine.dialect), upsert_sql(engine.dialect))
-    for prepared in batches:
-        if not _commit(engine, sqls, cursor, prepared, st.st_size, rep) or (stop is not None and stop.is_set()):
-            batches.close()
-            return
-    if isinstance(fh, gzip.GzipFile) and not fh.read(1):
+    remaining = (st.st_size * 5 if is_gz else st.st_size) - cursor["offset"]
+    workers = ingest_workers_for(settings)
+    if workers > 1 and remaining >= PARALLEL_MIN_BYTES:
+        job = WorkerJob(engine, fh.fileno(), is_gz, st.st_size, cursor["offset"], cursor["line_no"],
+                        batches=lambda f, off, line, keep: _batches(f, off, line, spec, keep),
+                        commit=lambda p: _commit(engine, sqls, cursor, p, st.st_size, IngestReport()))
+        finished = run_workers(job, workers, lambda summary: _count(cursor, summary, rep), stop)
+        completed = is_gz and finished
+    else:
+        fh.seek(cursor["offset"])
+        for prepared in _batches(fh, cursor["offset"], cursor["line_no"], spec):
+            if not _commit(engine, sqls, cursor, prepared, st.st_size, rep) or (stop is not None and stop.is_set()):
+                return
+        completed = is_gz and not fh.read(1)
+    if completed:
         with engine.begin() as conn:  # a .gz is final once rotated: never decompress it again
             conn.execute(cursors_t.update().where(cursors_t.c.id == cursor["id"]).values(complete=True))
 
 
-def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec) -> Iterator[_Prepared]:
-    """Complete lines from ``offset`` on, as prepared batches of up to ``spec.batch_lines`` lines."""
-    batch = _Batch(spec, offset)
+def ingest_workers_for(settings: Settings) -> int:
+    return settings.ingest.workers or min(os.cpu_count() or 1, 4)
+
+
+def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
+             keep: Callable[[int], bool] | None = None) -> Iterator[_Prepared | None]:
+    """Complete lines from ``offset`` on, as prepared batches of up to ``spec.batch_lines`` lines.
+
+    With ``keep``, batch ``i`` is prepared only where ``keep(i)``; the others are cut the same way,
+    their lines counted but not parsed, and yield None.
+    """
+    index = 0
+    batch = _Batch(spec, offset) if keep is None or keep(0) else _Skipped(offset)
     limit = spec.max_line_bytes
     while True:
         line = fh.readline(limit + 1)
@@ -263,7 +278,8 @@ def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec) -> Itera
             offset += len(line)
         if batch.size >= spec.batch_lines:
             yield batch.prepare(offset, line_no)
-            batch = _Batch(spec, offset)
+            index += 1
+            batch = _Batch(spec, offset) if keep is None or keep(index) else _Skipped(offset)
     if batch.size:
         yield batch.prepare(offset, line_no)
 
@@ -277,69 +293,6 @@ def _skip_to_newline(fh: IO[bytes]) -> int | None:
         skipped += len(chunk)
         if chunk.endswith(b"\n"):
             return skipped
-
-
-def _in_reader_process(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec) -> Iterator[_Prepared]:
-    """Run `_batches` in a forked child (it inherits ``fh``) and yield what it sends.
-
-    A thread drains the pipe into a queue of two batches, so the child parses on while this process
-    commits; the bounded queue keeps memory bounded and the child never runs far ahead.
-    """
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_reader_main, args=(fh, offset, line_no, spec, send), daemon=True)
-    child.start()
-    send.close()
-    inbox: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    drainer = threading.Thread(target=_drain, args=(recv, inbox, stop), name="ragloop-ingest-recv", daemon=True)
-    drainer.start()
-    try:
-        while (msg := inbox.get()) is not None:
-            if isinstance(msg, BaseException):
-                raise msg
-            yield msg
-    finally:
-        stop.set()
-        if child.is_alive():
-            child.terminate()
-        child.join()
-        drainer.join()
-        recv.close()
-
-
-def _drain(recv, inbox: queue.Queue, stop: threading.Event) -> None:
-    try:
-        while not stop.is_set():
-            msg = recv.recv()
-            _put(inbox, msg, stop)
-            if msg is None or isinstance(msg, BaseException):
-                return
-    except (EOFError, OSError):
-        _put(inbox, OSError("the ingest reader process died; committed batches are kept"), stop)
-
-
-def _put(inbox: queue.Queue, msg: Any, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            inbox.put(msg, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _reader_main(fh, offset, line_no, spec, send) -> None:
-    gc.disable()
-    try:
-        for prepared in _batches(fh, offset, line_no, spec):
-            send.send(prepared)
-        send.send(None)
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass
-    except Exception as exc:  # hand it to the parent, which logs it and keeps what was committed
-        send.send(OSError(f"reader: {exc!r}"))
-    finally:
-        send.close()
 
 
 def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _Prepared, size: int,
@@ -366,14 +319,35 @@ def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _P
             conn.exec_driver_sql(_count_sql(conn.dialect), p.hour_counts)
         if p.bad_rows:
             conn.execute(quarantine_t.insert(), p.bad_rows)
-    cursor.update(offset=p.end_offset, line_no=p.end_line)
-    rep.bytes += p.end_offset - p.start_offset
-    rep.lines += p.lines
-    rep.events += p.misses + p.hits
-    rep.misses += p.misses
-    rep.hits += p.hits
-    rep.quarantined += len(p.bad_rows)
+    _count(cursor, {"start_offset": p.start_offset, "end_offset": p.end_offset, "end_line": p.end_line,
+                    "lines": p.lines, "misses": p.misses, "hits": p.hits, "quarantined": len(p.bad_rows)}, rep)
     return True
+
+
+def _count(cursor: dict[str, Any], s: dict[str, int], rep: IngestReport) -> None:
+    """Account for a committed batch (``s`` as ingest_workers reports it)."""
+    cursor.update(offset=s["end_offset"], line_no=s["end_line"])
+    rep.bytes += s["end_offset"] - s["start_offset"]
+    rep.lines += s["lines"]
+    rep.events += s["misses"] + s["hits"]
+    rep.misses += s["misses"]
+    rep.hits += s["hits"]
+    rep.quarantined += s["quarantined"]
+
+
+class _Skipped:
+    """Another worker's batch: cut at the same lines, not parsed."""
+
+    def __init__(self, start_offset: int):
+        self.size = 0
+
+    def add(self, *_line: Any) -> None:
+        self.size += 1
+
+    quarantine = add
+
+    def prepare(self, end_offset: int, end_line: int) -> None:
+        return None
 
 
 class _Batch:

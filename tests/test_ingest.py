@@ -198,7 +198,7 @@ def _malformed(rng: random.Random, i: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "reader-process"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "workers"])
 def test_fuzz_10k_malformed_lines(settings, engine, corpus, logs, monkeypatch, parallel):
     if parallel:
         monkeypatch.setattr(ingest_mod, "PARALLEL_MIN_BYTES", 0)

@@ -26,7 +26,7 @@ def _run_ingest(cfg, kill_after: float | None) -> bool:
         proc.wait(timeout=kill_after)
         return False  # finished first
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the process and its reader child, like a power cut of the service
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its workers, like a power cut of the service
         proc.wait()
         return True
 
@@ -49,7 +49,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, db_url)
             fh.write("".join(event_line(i) + "\n" for i in range(written, written + n)))
         written += n
 
-    grow(100_000)  # ~40 MB: runs take the forked reader-process path (over PARALLEL_MIN_BYTES)
+    grow(100_000)  # ~40 MB: runs take the parallel worker path (over PARALLEL_MIN_BYTES)
     rng = random.Random(99)
     kills = attempts = done = 0
     while kills < KILLS:
