@@ -58,7 +58,7 @@ class IngestSettings(_Section):
         10, ge=1, le=1000, description="an event is a miss when no expected id is in retrieved_ids[:k]; 1..1000"
     )
     batch_lines: int = Field(
-        2000, ge=1, le=1_000_000, description="lines per transaction (offset committed with the rows); 1..1000000"
+        10000, ge=1, le=1_000_000, description="lines per transaction (offset committed with the rows); 1..1000000"
     )
     workers: int = Field(
         0, ge=0, le=64, description="processes that parse and commit a large backlog in turn; 0: one per core "
