@@ -192,7 +192,7 @@ def _find_or_create_cursor(engine: Engine, fp: str, path: str, st: os.stat_resul
 
 
 class _Prepared(NamedTuple):
-    """A batch of lines ready for the driver: everything a commit needs, and picklable."""
+    """A batch of lines ready for the driver: everything a commit needs."""
 
     start_offset: int
     end_offset: int
@@ -227,7 +227,7 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
     is_gz = isinstance(fh, gzip.GzipFile)
     sqls = (_insert_events_sql(engine.dialect), upsert_sql(engine.dialect))
     remaining = (st.st_size * 5 if is_gz else st.st_size) - cursor["offset"]
-    workers = ingest_workers_for(settings)
+    workers = settings.ingest.workers or min(os.cpu_count() or 1, 4)
     if workers > 1 and remaining >= PARALLEL_MIN_BYTES:
         job = WorkerJob(engine, fh.fileno(), is_gz, st.st_size, cursor["offset"], cursor["line_no"],
                         batches=lambda f, off, line, keep: _batches(f, off, line, spec, keep),
@@ -243,10 +243,6 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
     if completed:
         with engine.begin() as conn:  # a .gz is final once rotated: never decompress it again
             conn.execute(cursors_t.update().where(cursors_t.c.id == cursor["id"]).values(complete=True))
-
-
-def ingest_workers_for(settings: Settings) -> int:
-    return settings.ingest.workers or min(os.cpu_count() or 1, 4)
 
 
 def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
