@@ -97,6 +97,10 @@ class GateSettings(_Section):
     seed: int = Field(0, description="bootstrap seed (decisions are reproducible)")
     min_heldout: int = Field(20, ge=1, description="below this many held-out queries the gate refuses to decide")
     rerank_depth: int = Field(50, ge=10, le=1000, description="embedder candidates the reranker reorders; 10..1000")
+    max_guard_synthetic: int = Field(
+        300, ge=0, description="synthetic questions in the guard set (a stable sample); 0: none; each costs "
+        "rerank_depth reranker scores per candidate"
+    )
 
 
 class QdrantSettings(_Section):

@@ -53,3 +53,40 @@ def test_base_model_scores_are_high_on_faq_titles(settings, engine, tmp_path, mi
     ev = Evaluator(engine, settings)
     held = ev.embedder_scores("embedder-v0", minilm)["heldout"].mean()
     assert held["hit@10"] >= 0.8 and held["hit@1"] <= held["hit@3"] <= held["hit@10"]
+
+
+def _add_synthetic(engine, questions: list[str], chunk_id: str) -> None:
+    from datetime import datetime, timezone
+
+    from daemon.pairs import PairBatch, QueryKeys
+    from daemon.store import write_tx
+
+    batch = PairBatch(QueryKeys(0.2))
+    for q in questions:
+        batch.add_pair(q, chunk_id, datetime.now(timezone.utc), origin="synthetic", generator="test", split="train")
+    with write_tx(engine) as conn:
+        batch.write(conn)
+
+
+def test_guard_keeps_a_stable_capped_sample_of_synthetic_questions(settings, engine, tmp_path):
+    small_feedback_store(engine, settings, tmp_path, n_questions=60)
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        chunk_id = conn.scalar(sa.text("SELECT id FROM chunks ORDER BY id LIMIT 1"))
+        origin = lambda ids: {conn.scalar(sa.text("SELECT origin FROM training_pairs WHERE id = :i"), {"i": i})  # noqa: E731
+                              for i in ids}
+    real_guard = set(eval_sets(engine)["guard"].pair_ids)
+    _add_synthetic(engine, [f"what is synthetic thing number {i}?" for i in range(40)], chunk_id)
+    first = set(eval_sets(engine, max_guard_synthetic=10)["guard"].pair_ids)
+    with engine.connect() as conn:
+        old_max = conn.scalar(sa.text("SELECT max(id) FROM training_pairs"))
+    assert real_guard < first and len(first - real_guard) == 10
+    with engine.connect() as conn:
+        assert origin(first - real_guard) == {"synthetic"}
+    _add_synthetic(engine, [f"how does other synthetic thing {i} work?" for i in range(40)], chunk_id)
+    second = set(eval_sets(engine, max_guard_synthetic=10)["guard"].pair_ids)
+    assert len(second - real_guard) == 10
+    # an older question leaves the sample only for a newer one that hashes lower; none comes back in
+    assert all(i in first for i in second - real_guard if i <= old_max)
+    assert set(eval_sets(engine, max_guard_synthetic=0)["guard"].pair_ids) == real_guard
