@@ -60,6 +60,15 @@ class IngestReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.skipped_files += other.skipped_files
 
+    def add_batch(self, s: dict[str, int]) -> None:
+        """Account for a committed batch (``_Prepared.summary()``)."""
+        self.bytes += s["end_offset"] - s["start_offset"]
+        self.lines += s["lines"]
+        self.events += s["misses"] + s["hits"]
+        self.misses += s["misses"]
+        self.hits += s["hits"]
+        self.quarantined += s["quarantined"]
+
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "skipped_files"}
         d["miss_rate"] = round(self.misses / self.events, 4) if self.events else None
@@ -205,6 +214,11 @@ class _Prepared(NamedTuple):
     pair_rows: list[tuple[Any, ...]]
     bad_rows: list[dict[str, Any]]
 
+    def summary(self) -> dict[str, int]:
+        """What the report needs of a committed batch (small: a worker sends it to the parent)."""
+        return {"start_offset": self.start_offset, "end_offset": self.end_offset, "lines": self.lines,
+                "misses": self.misses, "hits": self.hits, "quarantined": len(self.bad_rows)}
+
 
 @dataclass
 class _ReadSpec:
@@ -231,13 +245,17 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
     if workers > 1 and remaining >= PARALLEL_MIN_BYTES:
         job = WorkerJob(engine, fh.fileno(), is_gz, st.st_size, cursor["offset"], cursor["line_no"],
                         batches=lambda f, off, line, keep: _batches(f, off, line, spec, keep),
-                        commit=lambda p: _commit(engine, sqls, cursor, p, st.st_size, IngestReport()))
-        finished = run_workers(job, workers, lambda summary: _count(cursor, summary, rep), stop)
+                        commit=lambda p: _commit(engine, sqls, cursor, p, st.st_size))
+        finished = run_workers(job, workers, rep.add_batch, stop)
         completed = is_gz and finished
     else:
         fh.seek(cursor["offset"])
         for prepared in _batches(fh, cursor["offset"], cursor["line_no"], spec):
-            if not _commit(engine, sqls, cursor, prepared, st.st_size, rep) or (stop is not None and stop.is_set()):
+            committed = _commit(engine, sqls, cursor, prepared, st.st_size)
+            if committed is None:
+                return
+            rep.add_batch(committed)
+            if stop is not None and stop.is_set():
                 return
         completed = is_gz and not fh.read(1)
     if completed:
@@ -252,8 +270,11 @@ def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
     With ``keep``, batch ``i`` is prepared only where ``keep(i)``; the others are cut the same way,
     their lines counted but not parsed, and yield None.
     """
+    def start(index: int, at: int) -> _Batch | _Skipped:
+        return _Batch(spec, at) if keep is None or keep(index) else _Skipped()
+
     index = 0
-    batch = _Batch(spec, offset) if keep is None or keep(0) else _Skipped(offset)
+    batch = start(index, offset)
     limit = spec.max_line_bytes
     while True:
         line = fh.readline(limit + 1)
@@ -275,7 +296,7 @@ def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
         if batch.size >= spec.batch_lines:
             yield batch.prepare(offset, line_no)
             index += 1
-            batch = _Batch(spec, offset) if keep is None or keep(index) else _Skipped(offset)
+            batch = start(index, offset)
     if batch.size:
         yield batch.prepare(offset, line_no)
 
@@ -291,9 +312,13 @@ def _skip_to_newline(fh: IO[bytes]) -> int | None:
             return skipped
 
 
-def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _Prepared, size: int,
-            rep: IngestReport) -> bool:
-    """Write a batch and advance the cursor over it in one transaction. False if another ingester moved it."""
+def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _Prepared,
+            size: int) -> dict[str, int] | None:
+    """Write a batch and advance the cursor over it in one transaction.
+
+    Returns:
+        The batch's summary, or None if another ingester moved the cursor (nothing written).
+    """
     events_sql, pairs_sql = sqls
     with write_tx(engine) as conn:
         moved = conn.execute(
@@ -304,7 +329,7 @@ def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _P
         if moved != 1:
             conn.rollback()
             log.warning("ingest.cursor_moved", file=cursor["path"], expected_offset=p.start_offset)
-            return False
+            return None
         # Driver-level executemany on rows serialized by the reader: SQLAlchemy's per-value
         # processing (JSON, datetime) cost more than parsing, and ingest throughput is a target.
         if p.event_rows:
@@ -315,26 +340,13 @@ def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _P
             conn.exec_driver_sql(_count_sql(conn.dialect), p.hour_counts)
         if p.bad_rows:
             conn.execute(quarantine_t.insert(), p.bad_rows)
-    _count(cursor, {"start_offset": p.start_offset, "end_offset": p.end_offset, "end_line": p.end_line,
-                    "lines": p.lines, "misses": p.misses, "hits": p.hits, "quarantined": len(p.bad_rows)}, rep)
-    return True
-
-
-def _count(cursor: dict[str, Any], s: dict[str, int], rep: IngestReport) -> None:
-    """Account for a committed batch (``s`` as ingest_workers reports it)."""
-    cursor.update(offset=s["end_offset"], line_no=s["end_line"])
-    rep.bytes += s["end_offset"] - s["start_offset"]
-    rep.lines += s["lines"]
-    rep.events += s["misses"] + s["hits"]
-    rep.misses += s["misses"]
-    rep.hits += s["hits"]
-    rep.quarantined += s["quarantined"]
+    return p.summary()
 
 
 class _Skipped:
     """Another worker's batch: cut at the same lines, not parsed."""
 
-    def __init__(self, start_offset: int):
+    def __init__(self):
         self.size = 0
 
     def add(self, *_line: Any) -> None:

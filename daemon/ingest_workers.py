@@ -25,10 +25,8 @@ import threading
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
-import structlog
 from sqlalchemy.engine import Engine
 
-log = structlog.get_logger(__name__)
 _TURN_POLL_S = 0.1
 
 
@@ -84,7 +82,7 @@ class WorkerJob:
     offset: int
     line_no: int
     batches: Callable[..., Iterator[Any]]  # ingest._batches(fh, offset, line_no, keep=...)
-    commit: Callable[[Any], bool]  # writes one prepared batch and advances the cursor; False: cursor moved
+    commit: Callable[[Any], dict | None]  # writes a batch, advances the cursor: its summary; None: cursor moved
 
 
 def run_workers(job: WorkerJob, n: int, on_commit: Callable[[Any], None],
@@ -177,13 +175,13 @@ def _work(w: int, n: int, job: WorkerJob, turns, halt, send) -> tuple[str, None]
         if not _await_turn(turns[w], halt):
             return ("halted", None)
         try:
-            committed = job.commit(prepared)
+            summary = job.commit(prepared)
         finally:
             turns[(w + 1) % n].release()
-        if not committed:  # another ingester moved the cursor: it reads on from there
+        if summary is None:  # another ingester moved the cursor: it reads on from there
             halt.set()
             return ("halted", None)
-        send.send(("batch", _summary(prepared)))
+        send.send(("batch", summary))
     return ("done", None)
 
 
@@ -192,11 +190,6 @@ def _await_turn(turn, halt) -> bool:
         if halt.is_set():
             return False
     return not halt.is_set()
-
-
-def _summary(p) -> dict[str, int]:
-    return {"start_offset": p.start_offset, "end_offset": p.end_offset, "end_line": p.end_line, "lines": p.lines,
-            "misses": p.misses, "hits": p.hits, "quarantined": len(p.bad_rows)}
 
 
 def _die_with_parent(parent: int) -> None:
