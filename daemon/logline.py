@@ -146,8 +146,7 @@ def _check_query(query: str, max_chars: int) -> None:
 
 
 def _parse_ts(v: Any) -> str:
-    if v is None:
-        raise LogLineError('missing field "ts"')
+    """``v`` is present (both paths check that first); any other type is reported here."""
     if type(v) is not str:
         raise LogLineError('field "ts" must be an RFC 3339 string, e.g. "2026-11-21T10:00:00Z"')
     try:
