@@ -57,6 +57,16 @@ def engine(settings):
     eng.dispose()
 
 
+def ingest_config(tmp_path: Path, db_url: str, ingest: str) -> tuple[Path, Path]:
+    """(config file, log folder) for a `ragloop ingest` subprocess; ``ingest`` is extra [ingest] TOML."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[store]\nurl = "{db_url}"\n'
+                   f'[ingest]\npaths = ["{logs}/*.jsonl"]\n{ingest}\n[log]\nlevel = "warning"\n')
+    return cfg, logs
+
+
 def write_corpus(engine, ids) -> None:
     from daemon.corpus import upsert_chunks
 

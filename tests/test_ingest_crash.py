@@ -9,7 +9,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, write_corpus
+from conftest import event_line, ingest_config, write_corpus
 
 from daemon.store import open_store
 
@@ -42,11 +42,7 @@ def _run_ingest(cfg, kill_after: float | None, committed=None) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, db_url):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[store]\nurl = "{db_url}"\n'
-                   f'[ingest]\npaths = ["{logs}/*.jsonl"]\nbatch_lines = 200\n[log]\nlevel = "warning"\n')
+    cfg, logs = ingest_config(tmp_path, db_url, "batch_lines = 200")
     engine = open_store(db_url)
     try:
         _crash_and_check(engine, logs, cfg)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, stored_request_ids, write_corpus
+from conftest import event_line, ingest_config, stored_request_ids, write_corpus
 from structlog.testing import capture_logs
 
 import daemon.ingest as ingest_mod
@@ -130,11 +130,7 @@ def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings,
 
 def test_workers_die_with_a_killed_ingester(tmp_path, db_url):
     """SIGKILL to the ingesting process alone (not its group): no orphan worker goes on committing."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[store]\nurl = "{db_url}"\n'
-                   f'[ingest]\npaths = ["{logs}/*.jsonl"]\nbatch_lines = 100\nworkers = 2\n[log]\nlevel = "warning"\n')
+    cfg, logs = ingest_config(tmp_path, db_url, "batch_lines = 100\nworkers = 2")
     from daemon.store import open_store
 
     engine = open_store(db_url)
