@@ -15,6 +15,33 @@ def test_normalize_and_near_duplicates_share_a_split():
     assert len({split_for(normalize_query(v), 0.5) for v in variants}) == 1
 
 
+def test_ascii_fast_path_normalizes_exactly_as_the_unicode_path():
+    """The split of a stored pair must never move: the fast path is the same function on ASCII."""
+    import random
+    import re
+    import unicodedata
+
+    def reference(q):
+        return " ".join(re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", q).casefold(), flags=re.UNICODE).split())
+
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(128)]
+    queries = ["".join(rng.choices(alphabet, k=rng.randint(0, 40))) for _ in range(20_000)]
+    queries += ["How do I install Python 3.11?", "pip_install -- user\tmodule", "\x1c\x1dUnit\x1fsep", "A_B-C.D"]
+    for q in queries:
+        assert normalize_query(q) == reference(q), repr(q)
+
+
+def test_splits_match_those_of_earlier_versions():
+    """Golden values from ragloop before the ASCII fast path: a stored pair's split never moves."""
+    golden = [("How do I install Python?", "how do i install python", "heldout"),
+              ("Why is my Debian mirror slow", "why is my debian mirror slow", "train"),
+              ("What does __init__.py do", "what does init py do", "heldout"),
+              ("Python の インストール", "python の インストール", "train"),
+              ("the of and", "the of and", "train"), ("x", "x", "heldout")]
+    assert [(q, normalize_query(q), split_for(normalize_query(q), 0.5)) for q, _, _ in golden] == golden
+
+
 def test_split_is_stable_and_close_to_the_fraction():
     queries = [f"question {i} about topic {i * 7}" for i in range(5000)]
     splits = [split_for(normalize_query(q), 0.2) for q in queries]
