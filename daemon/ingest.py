@@ -7,6 +7,9 @@ any instant neither loses nor duplicates a line, and two ingesters never both co
 
 A large backlog is read by forked workers (daemon/ingest_workers.py) that parse on every core and
 commit in turn: batches still commit one at a time, in file order, each with its offset.
+
+Training pairs are merged in memory over ``ingest.pair_fold_lines`` lines and upserted once per
+(query, chunk); each batch commits a pending_pairs row until then (daemon/pending.py).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
+from daemon import pending
 from daemon.config import Settings
 from daemon.corpus import known_chunk_ids
 from daemon.errors import LogLineError
 from daemon.ingest_workers import WorkerJob, run_workers
 from daemon.logline import UNKNOWN_ID, Event, Limits, parse_event
-from daemon.pairs import PairBatch, QueryKeys, placeholders, quote, upsert_sql
+from daemon.pairs import PairBatch, QueryKeys, placeholders, quote
 from daemon.store import FeedbackEvent, IngestCursor, Quarantine, utcnow, write_tx
 
 log = structlog.get_logger(__name__)
@@ -94,11 +98,14 @@ def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = No
         limits = limits_from(settings, known_chunk_ids(conn))
     total = IngestReport()
     seen_fingerprints: set[str] = set()
+    keys = QueryKeys(settings.gate.heldout_fraction)
     with _no_cyclic_gc():
+        pending.recover(engine, keys)  # pairs a killed or stopped reader had not folded
         for path in paths:
             if stop is not None and stop.is_set():
                 break
             total.add(_ingest_path(engine, settings, limits, path, seen_fingerprints, stop))
+        pending.recover(engine, keys)
     # An idle pass every few seconds is not news: log it only when it read something.
     (log.info if total.lines or total.skipped_files else log.debug)("ingest.pass", **total.as_dict())
     return total
@@ -211,8 +218,10 @@ class _Prepared(NamedTuple):
     hits: int
     event_rows: list[tuple[Any, ...]]
     hour_counts: list[tuple[str, str, int]]
-    pair_rows: list[tuple[Any, ...]]
     bad_rows: list[dict[str, Any]]
+    window: pending.Window  # the reader's: takes this batch's pending id when committed
+    fold_rows: list[tuple[Any, ...]] | None  # the window's merged pairs, this batch's included; None: pending
+    fold_ids: list[int]  # pending ids of the window's earlier batches, deleted by the fold
 
     def summary(self) -> dict[str, int]:
         """What the report needs of a committed batch (small: a worker sends it to the parent)."""
@@ -231,27 +240,28 @@ class _ReadSpec:
     max_line_bytes: int
     raw_chars: int
     keys: QueryKeys
+    fold_lines: int
 
 
 def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cursor, st, rep: IngestReport,
           stop: threading.Event | None = None) -> None:
     s = settings.ingest
     spec = _ReadSpec(cursor["path"], cursor["id"], limits, s.batch_lines, s.max_line_bytes, s.quarantine_raw_chars,
-                     QueryKeys(settings.gate.heldout_fraction))
+                     QueryKeys(settings.gate.heldout_fraction), s.pair_fold_lines)
     is_gz = isinstance(fh, gzip.GzipFile)
-    sqls = (_insert_events_sql(engine.dialect), upsert_sql(engine.dialect))
+    w = _Writer(_insert_events_sql(engine.dialect), _count_sql(engine.dialect))
     remaining = (st.st_size * 5 if is_gz else st.st_size) - cursor["offset"]
     workers = settings.ingest.workers or min(os.cpu_count() or 1, 4)
     if workers > 1 and remaining >= PARALLEL_MIN_BYTES:
         job = WorkerJob(engine, fh.fileno(), is_gz, st.st_size, cursor["offset"], cursor["line_no"],
                         batches=lambda f, off, line, keep: _batches(f, off, line, spec, keep),
-                        commit=lambda p: _commit(engine, sqls, cursor, p, st.st_size))
+                        commit=lambda p: _commit(engine, w, cursor, p, st.st_size))
         finished = run_workers(job, workers, rep.add_batch, stop)
         completed = is_gz and finished
     else:
         fh.seek(cursor["offset"])
         for prepared in _batches(fh, cursor["offset"], cursor["line_no"], spec):
-            committed = _commit(engine, sqls, cursor, prepared, st.st_size)
+            committed = _commit(engine, w, cursor, prepared, st.st_size)
             if committed is None:
                 return
             rep.add_batch(committed)
@@ -267,11 +277,15 @@ def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
              keep: Callable[[int], bool] | None = None) -> Iterator[_Prepared | None]:
     """Complete lines from ``offset`` on, as prepared batches of up to ``spec.batch_lines`` lines.
 
-    With ``keep``, batch ``i`` is prepared only where ``keep(i)``; the others are cut the same way,
-    their lines counted but not parsed, and yield None.
+    With ``keep`` (a worker), batch ``i`` is prepared only where ``keep(i)``; the others are cut the same
+    way, their lines counted but not parsed, and yield None; and a last, line-less batch folds what is
+    left of this reader's pairs, so every worker takes one more turn. Without ``keep``, the last batch
+    folds them (or a line-less one, if the last batch was full).
     """
+    window = pending.Window(spec.keys, spec.fold_lines)
+
     def start(index: int, at: int) -> _Batch | _Skipped:
-        return _Batch(spec, at) if keep is None or keep(index) else _Skipped()
+        return _Batch(spec, window, at) if keep is None or keep(index) else _Skipped()
 
     index = 0
     batch = start(index, offset)
@@ -298,7 +312,9 @@ def _batches(fh: IO[bytes], offset: int, line_no: int, spec: _ReadSpec,
             index += 1
             batch = start(index, offset)
     if batch.size:
-        yield batch.prepare(offset, line_no)
+        yield batch.prepare(offset, line_no, last=True)
+    if keep is not None or not window.is_empty():
+        yield _Batch(spec, window, offset).prepare(offset, line_no, last=True)
 
 
 def _skip_to_newline(fh: IO[bytes]) -> int | None:
@@ -312,34 +328,60 @@ def _skip_to_newline(fh: IO[bytes]) -> int | None:
             return skipped
 
 
-def _commit(engine: Engine, sqls: tuple[str, str], cursor: dict[str, Any], p: _Prepared,
-            size: int) -> dict[str, int] | None:
-    """Write a batch and advance the cursor over it in one transaction.
+class _Writer(NamedTuple):
+    events_sql: str
+    counts_sql: str
+
+
+def _commit(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared, size: int) -> dict[str, int] | None:
+    """Write a batch and advance the cursor over it in one transaction, with its pairs either pending
+    or folded together with its window's (daemon/pending.py).
 
     Returns:
         The batch's summary, or None if another ingester moved the cursor (nothing written).
     """
-    events_sql, pairs_sql = sqls
+    try:
+        return _commit_tx(engine, w, cursor, p, size)
+    except pending.FoldConflict as exc:
+        # Another process recovered some of this window's batches from their pending rows. Commit this
+        # batch as pending, and leave the window's other batches to recovery as well.
+        log.warning("ingest.fold_conflict", file=cursor["path"], error=str(exc))
+        p.window.pending.clear()
+        return _commit_tx(engine, w, cursor, p._replace(fold_rows=None, fold_ids=[]), size, track=False)
+
+
+def _commit_tx(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared, size: int,
+               track: bool = True) -> dict[str, int] | None:
+    if not p.lines and not p.fold_ids and not p.fold_rows:
+        return p.summary()  # a reader's last turn with nothing left to fold
     with write_tx(engine) as conn:
-        moved = conn.execute(
-            cursors_t.update()
-            .where(cursors_t.c.id == cursor["id"], cursors_t.c.offset == p.start_offset)
-            .values(offset=p.end_offset, line_no=p.end_line, size=size, updated_at=utcnow())
-        ).rowcount
-        if moved != 1:
-            conn.rollback()
-            log.warning("ingest.cursor_moved", file=cursor["path"], expected_offset=p.start_offset)
-            return None
+        if p.lines:  # a line-less batch only folds: the cursor is not its to check or move
+            moved = conn.execute(
+                cursors_t.update()
+                .where(cursors_t.c.id == cursor["id"], cursors_t.c.offset == p.start_offset)
+                .values(offset=p.end_offset, line_no=p.end_line, size=size, updated_at=utcnow())
+            ).rowcount
+            if moved != 1:
+                conn.rollback()
+                log.warning("ingest.cursor_moved", file=cursor["path"], expected_offset=p.start_offset)
+                return None
+        if p.fold_rows is not None:
+            pending.fold(conn, p.fold_rows, p.fold_ids)  # first: a conflict rolls back before any write
         # Driver-level executemany on rows serialized by the reader: SQLAlchemy's per-value
         # processing (JSON, datetime) cost more than parsing, and ingest throughput is a target.
         if p.event_rows:
-            conn.exec_driver_sql(events_sql, p.event_rows)
-        if p.pair_rows:
-            conn.exec_driver_sql(pairs_sql, p.pair_rows)
+            first_id = pending.next_event_id(conn) if p.fold_rows is None else 0
+            conn.exec_driver_sql(w.events_sql, p.event_rows)
+            if p.fold_rows is None:
+                pending_id = pending.record(conn, cursor["id"], first_id, p.start_offset, p.end_offset)
         if p.hour_counts:
-            conn.exec_driver_sql(_count_sql(conn.dialect), p.hour_counts)
+            conn.exec_driver_sql(w.counts_sql, p.hour_counts)
         if p.bad_rows:
             conn.execute(quarantine_t.insert(), p.bad_rows)
+    if p.fold_rows is not None:
+        log.debug("ingest.fold", file=cursor["path"], batches=len(p.fold_ids) + 1, pairs=len(p.fold_rows))
+    elif p.event_rows and track:
+        p.window.pending.append(pending_id)
     return p.summary()
 
 
@@ -354,31 +396,37 @@ class _Skipped:
 
     quarantine = add
 
-    def prepare(self, end_offset: int, end_line: int) -> None:
+    def prepare(self, end_offset: int, end_line: int, last: bool = False) -> None:
         return None
 
 
 class _Batch:
     """Rows produced by up to ``ingest.batch_lines`` lines, written together."""
 
-    def __init__(self, spec: _ReadSpec, start_offset: int):
-        self.spec, self.start_offset = spec, start_offset
-        self.events: list[tuple[Event, bytes, int, int]] = []
+    def __init__(self, spec: _ReadSpec, window: pending.Window, start_offset: int):
+        self.spec, self.window, self.start_offset = spec, window, start_offset
+        self.rows: list[tuple[Any, ...]] = []  # event_row() of each good line
+        self.hours: dict[tuple[str, str], int] = {}
         self.bad: list[dict[str, Any]] = []
-        self.pairs = PairBatch(spec.keys)
         self.misses = 0
         self.size = 0
 
     def add(self, line: bytes, line_no: int, offset: int) -> None:
+        """Parse a line into its event row, its hour count and its pairs (the hot path of ingest)."""
         self.size += 1
+        spec = self.spec
         try:
-            ev = parse_event(line, self.spec.limits)
+            ev = parse_event(line, spec.limits)
         except LogLineError as exc:
             self._bad(line_no, offset, str(exc), line)
             return
-        self.events.append((ev, line, line_no, offset))
-        self.misses += ev.kind == "miss"
-        self.pairs.add_event(ev)
+        kind = ev.kind
+        self.rows.append(event_row(ev, line.decode("utf-8", "replace").rstrip(), spec.path, offset, line_no,
+                                   spec.cursor_id))
+        hour = (ev.ts[:13], kind)
+        self.hours[hour] = self.hours.get(hour, 0) + 1
+        self.misses += kind == "miss"
+        self.window.pairs.add_event(ev)
 
     def quarantine(self, line_no: int, offset: int, reason: str, line: bytes) -> None:
         self.size += 1
@@ -391,10 +439,15 @@ class _Batch:
         self.bad.append(dict(file=self.spec.path, line_no=line_no, offset=offset, reason=reason.replace("\x00", "\ufffd"),
                              raw=raw, created_at=utcnow()))
 
-    def prepare(self, end_offset: int, end_line: int) -> _Prepared:
-        rows = event_rows(self.events, self.spec.path, self.spec.cursor_id)
+    def prepare(self, end_offset: int, end_line: int, last: bool = False) -> _Prepared:
+        """The batch's rows; its pairs are in the window, which folds here when due or when ``last``."""
+        window = self.window
+        window.lines += self.size
+        fold_rows, fold_ids = window.take() if last or window.due() else (None, [])
         return _Prepared(self.start_offset, end_offset, end_line, self.size, self.misses,
-                         len(self.events) - self.misses, rows, hour_counts(self.events), self.pairs.rows(), self.bad)
+                         len(self.rows) - self.misses, self.rows, [(h, k, n) for (h, k), n in self.hours.items()],
+                         self.bad, window,
+                         fold_rows, fold_ids)
 
 
 _EVENT_COLS = ("ts", "query", "raw", "request_id", "source", "kind", "rank", "file", "offset", "line_no", "cursor_id")
@@ -405,21 +458,9 @@ def _insert_events_sql(dialect) -> str:
     return f"INSERT INTO feedback_events ({', '.join(map(quote, _EVENT_COLS))}) VALUES ({values})"
 
 
-def event_rows(events: list[tuple[Event, bytes | str, int, int]], path: str, cursor_id: int) -> list[tuple]:
-    """Driver parameter rows (_EVENT_COLS order); the raw line is stored as written."""
-    return [
-        (ev.ts, ev.query, raw if type(raw) is str else raw.decode("utf-8", "replace").rstrip(),
-         ev.request_id, ev.source, ev.kind, ev.rank, path, offset, line_no, cursor_id)
-        for ev, raw, line_no, offset in events
-    ]
-
-
-def hour_counts(events: list[tuple[Event, Any, int, int]]) -> list[tuple[str, str, int]]:
-    counts: dict[tuple[str, str], int] = {}
-    for ev, *_ in events:
-        key = (ev.ts[:13], ev.kind)
-        counts[key] = counts.get(key, 0) + 1
-    return [(h, k, n) for (h, k), n in counts.items()]
+def event_row(ev: Event, raw: str, path: str, offset: int, line_no: int, cursor_id: int) -> tuple[Any, ...]:
+    """Driver parameters (_EVENT_COLS order); ``raw`` is the line as written."""
+    return (ev.ts, ev.query, raw, ev.request_id, ev.source, ev.kind, ev.rank, path, offset, line_no, cursor_id)
 
 
 def _count_sql(dialect) -> str:
@@ -446,9 +487,9 @@ def retry_quarantine(engine: Engine, settings: Settings, ids: list[int] | None =
                 still_bad += 1
                 continue
             cur_id = conn.scalar(sa.select(cursors_t.c.id).where(cursors_t.c.path == row["file"]).limit(1)) or 0
-            located = [(ev, row["raw"], row["line_no"], row["offset"])]
-            conn.exec_driver_sql(_insert_events_sql(conn.dialect), event_rows(located, row["file"], cur_id))
-            conn.exec_driver_sql(_count_sql(conn.dialect), hour_counts(located))
+            conn.exec_driver_sql(_insert_events_sql(conn.dialect),
+                                 [event_row(ev, row["raw"], row["file"], row["offset"], row["line_no"], cur_id)])
+            conn.exec_driver_sql(_count_sql(conn.dialect), [(ev.ts[:13], ev.kind, 1)])
             pairs = PairBatch(keys)
             pairs.add_event(ev)
             pairs.write(conn)

@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, Quarantine, TrainingPair,
-                           HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
+from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, PendingPairs,
+                           Quarantine, TrainingPair, HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -37,6 +37,9 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
             sa.select(pr.c.split, pr.c.origin, sa.func.count()).group_by(pr.c.split, pr.c.origin)
         ):
             pairs.setdefault(split, {})[origin] = n
+        pp = PendingPairs.__table__
+        pending_batches, pending_events = conn.execute(sa.select(
+            sa.func.count(), sa.func.coalesce(sa.func.sum(pp.c.last_event_id - pp.c.first_event_id + 1), 0))).one()
         quarantined = conn.scalar(sa.select(sa.func.count()).where(q.c.resolved_at.is_(None)))
         resolved = conn.scalar(sa.select(sa.func.count()).where(q.c.resolved_at.is_not(None)))
         chunks_active = conn.scalar(sa.select(sa.func.count()).where(ch.c.removed_at.is_(None)))
@@ -56,6 +59,8 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
         "miss_rate": round(misses / events, 4) if events else None,
         "windows": windows,
         "pairs": pairs,
+        # Events of committed batches whose pairs a reader still merges in memory (daemon/pending.py).
+        "pairs_pending": {"batches": pending_batches, "events": int(pending_events)},
         "quarantine": {"unresolved": quarantined, "resolved": resolved},
         "chunks": {"active": chunks_active, "removed": chunks_removed},
         "files": files,
@@ -107,6 +112,8 @@ def render_status(s: dict[str, Any]) -> str:
         table(["split", "failure", "hit", "synthetic", "total"],
               [[sp, o.get("failure", 0), o.get("hit", 0), o.get("synthetic", 0), sum(o.values())]
                for sp, o in sorted(s["pairs"].items())] or [["(none)", 0, 0, 0, 0]]),
+        *([f"(+ the pairs of {s['pairs_pending']['events']} events of {s['pairs_pending']['batches']} batches, merged "
+           "in memory by an ingest pass and written when it folds or ends)"] if s["pairs_pending"]["batches"] else []),
         "",
         f"Corpus: {s['chunks']['active']} chunks ({s['chunks']['removed']} removed)    "
         f"Quarantine: {s['quarantine']['unresolved']} unresolved, {s['quarantine']['resolved']} resolved",

@@ -86,6 +86,26 @@ class TrainingPair(SQLModel, table=True):
     last_seen: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
+class PendingPairs(SQLModel, table=True):
+    """A committed batch whose training pairs are not yet in training_pairs.
+
+    An ingest reader merges the pairs of many batches in memory and upserts each (query, chunk) once
+    (upserts into random pages of training_pairs were half the cost of a backlog ingest when done per
+    batch). Each batch commits its events with one of these rows; the fold deletes them in the
+    transaction that upserts the merged pairs. Rows left by a killed reader name the events to
+    re-read: ``daemon.pending.recover``.
+    """
+
+    __tablename__ = "pending_pairs"
+    id: int | None = Field(default=None, primary_key=True)
+    cursor_id: int
+    first_event_id: int = Field(sa_type=sa.BigInteger)  # the batch's events: ids in this range...
+    last_event_id: int = Field(sa_type=sa.BigInteger)
+    start_offset: int = Field(sa_type=sa.BigInteger)  # ...of this cursor, at offsets in [start, end)
+    end_offset: int = Field(sa_type=sa.BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
 class IngestCursor(SQLModel, table=True):
     __tablename__ = "ingest_cursors"
     id: int | None = Field(default=None, primary_key=True)

@@ -236,7 +236,7 @@ def test_quarantine_retry_after_loading_the_missing_chunk(settings, engine, corp
 
 
 def test_two_ingesters_never_commit_the_same_lines(settings, engine, corpus, logs):
-    settings.ingest.batch_lines = 50
+    settings.ingest.batch_lines, settings.ingest.pair_fold_lines = 50, 300
     append(logs / "feedback.jsonl", [event_line(i) for i in range(3000)])
     errors = []
 
@@ -255,3 +255,5 @@ def test_two_ingesters_never_commit_the_same_lines(settings, engine, corpus, log
     assert errors == []
     ids = stored_request_ids(engine)
     assert len(ids) == 3000 and len(set(ids)) == 3000
+    with engine.connect() as conn:  # and every pair once, whichever ingester folded it
+        assert conn.scalar(sa.text("SELECT sum(count) FROM training_pairs")) == 3000

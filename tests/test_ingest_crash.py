@@ -42,7 +42,8 @@ def _run_ingest(cfg, kill_after: float | None, committed=None) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, db_url):
-    cfg, logs = ingest_config(tmp_path, db_url, "batch_lines = 200")
+    # Folds every 1,000 lines, so kills land in folds too, and in windows with pairs only pending.
+    cfg, logs = ingest_config(tmp_path, db_url, "batch_lines = 200\npair_fold_lines = 1000")
     engine = open_store(db_url)
     try:
         _crash_and_check(engine, logs, cfg)
@@ -77,6 +78,8 @@ def _crash_and_check(engine, logs, cfg) -> None:
                              None if early else lambda: _count(engine))
         done = _count(engine)
         kills += killed and before < done < written  # count only kills that landed mid-read
+        # At every kill point, each stored event's pair is counted once: folded, or named by a pending row.
+        assert _folded(engine) + _pending_events(engine) == done
     _run_ingest(cfg, None)
     with engine.connect() as conn:
         ids = [r for (r,) in conn.execute(sa.text("SELECT request_id FROM feedback_events ORDER BY id"))]
@@ -84,7 +87,20 @@ def _crash_and_check(engine, logs, cfg) -> None:
         counted = conn.scalar(sa.text("SELECT sum(count) FROM event_counts"))
     assert kills >= KILLS
     assert ids == [f"r{i}" for i in range(written)]  # every line once, in file order
-    assert pair_total == written and counted == written
+    assert pair_total == written and counted == written and _pending_events(engine) == 0
+
+
+def _folded(engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.text("SELECT coalesce(sum(count), 0) FROM training_pairs"))
+
+
+def _pending_events(engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.text(
+            'SELECT count(*) FROM feedback_events e JOIN pending_pairs p ON e.cursor_id = p.cursor_id AND '
+            'e.id BETWEEN p.first_event_id AND p.last_event_id AND e."offset" >= p.start_offset AND '
+            'e."offset" < p.end_offset'))
 
 
 def _count(engine) -> int:
