@@ -22,12 +22,19 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
 from sqlalchemy.engine import Engine
 
 _TURN_POLL_S = 0.1
+# A worker that reports nothing for this long is presumed stuck: a fork can copy a lock that another
+# thread of the daemon held at that instant (SQLite's and Python's locks are not fork-safe), and a
+# stuck worker would otherwise stall its file forever. Its file is read again next pass.
+STALL_S = 300.0
+# After a stop, workers finish the commit in progress; one still running this much later is killed.
+HALT_GRACE_S = 30.0
 
 
 class PositionalReader(io.RawIOBase):
@@ -107,12 +114,14 @@ def run_workers(job: WorkerJob, n: int, on_commit: Callable[[Any], None],
     for p, (_, send) in zip(procs, pipes):
         p.start()
         send.close()
+    error, finished, stuck = "ingest workers interrupted", False, True
     try:
-        error, finished = _watch({recv: w for w, (recv, _) in enumerate(pipes)}, halt, on_commit, stop)
+        error, finished, stuck = _watch({recv: w for w, (recv, _) in enumerate(pipes)}, halt, on_commit, stop)
     finally:
         halt.set()
+        deadline = time.monotonic() + (0 if stuck else HALT_GRACE_S)
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
                 p.join()
@@ -123,12 +132,28 @@ def run_workers(job: WorkerJob, n: int, on_commit: Callable[[Any], None],
     return finished
 
 
-def _watch(open_pipes: dict, halt, on_commit, stop) -> tuple[str | None, bool]:
+def _watch(open_pipes: dict, halt, on_commit, stop) -> tuple[str | None, bool, bool]:
+    """Collect what the workers report until each has said its last word.
+
+    Returns:
+        (error, finished, stuck): stuck when workers stopped reporting and must be killed now.
+    """
     error, halted = None, False
+    last_word = time.monotonic()
+    halted_at = None
     while open_pipes:
+        now = time.monotonic()
         if stop is not None and stop.is_set():
             halt.set()
+        if halt.is_set() and halted_at is None:
+            halted_at = now
+        if halted_at is not None and now - halted_at > HALT_GRACE_S:
+            return error or f"ingest workers still running {HALT_GRACE_S:.0f} s after a stop; killed", False, True
+        if now - last_word > STALL_S:
+            return (f"no ingest worker reported for {STALL_S:.0f} s (one may be stuck on a lock copied by fork); "
+                    "killed them; the file is read again next pass"), False, True
         for recv in multiprocessing.connection.wait(list(open_pipes), timeout=_TURN_POLL_S):
+            last_word = time.monotonic()
             w = open_pipes[recv]
             try:
                 kind, payload = recv.recv()
@@ -142,7 +167,7 @@ def _watch(open_pipes: dict, halt, on_commit, stop) -> tuple[str | None, bool]:
             if kind == "error":
                 error = error or payload
                 halt.set()
-    return error, not halted and error is None
+    return error, not halted and error is None, False
 
 
 def _worker(w: int, n: int, job: WorkerJob, turns, halt, pipes, parent: int) -> None:

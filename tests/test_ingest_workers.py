@@ -95,12 +95,20 @@ def test_stop_ends_the_pass_after_a_commit_and_the_next_pass_goes_on(settings, e
     write(parallel, [event_line(i) for i in range(20_000)])
     stop = threading.Event()
     result = {}
-    t = threading.Thread(target=lambda: result.update(rep=ingest_once(engine, settings, stop=stop)))
+
+    def run():
+        try:
+            result["rep"] = ingest_once(engine, settings, stop=stop)
+        except Exception as exc:  # reported by the assert below
+            result["error"] = exc
+
+    t = threading.Thread(target=run)
     t.start()
     while not stored_request_ids(engine):
         time.sleep(0.01)
     stop.set()
-    t.join(timeout=60)
+    t.join(timeout=90)  # workers stuck after the stop are killed after HALT_GRACE_S (30 s)
+    assert not t.is_alive() and "error" not in result, result
     first = result["rep"].lines
     assert 0 < first < 20_000
     assert ingest_once(engine, settings).lines == 20_000 - first
@@ -124,6 +132,32 @@ def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings,
         t.join(timeout=60)
     assert result["rep"].skipped_files == [str(parallel)]
     assert any(e["event"] == "ingest.file_error" and "died" in e["error"] for e in cap)
+    ingest_once(engine, settings)
+    assert stored_request_ids(engine) == [f"r{i}" for i in range(30_000)] and pair_total(engine) == 30_000
+
+
+def test_a_stuck_worker_is_killed_and_its_file_read_again_next_pass(settings, engine, parallel, monkeypatch):
+    """A worker that stops reporting (here SIGSTOP; in the wild, a lock copied by fork) cannot stall the pass."""
+    import daemon.ingest_workers as workers_mod
+
+    monkeypatch.setattr(workers_mod, "STALL_S", 2.0)
+    settings.ingest.batch_lines = 50
+    write(parallel, [event_line(i) for i in range(30_000)])
+    result = {}
+    t = threading.Thread(target=lambda: result.update(rep=ingest_once(engine, settings)))
+    with capture_logs() as cap:
+        t.start()
+        victim = None
+        while victim is None and t.is_alive():
+            victim = next((p for p in multiprocessing.active_children() if p.name == "ragloop-ingest-1"), None)
+            time.sleep(0.001)
+        while t.is_alive() and not stored_request_ids(engine):
+            time.sleep(0.005)
+        os.kill(victim.pid, signal.SIGSTOP)
+        t.join(timeout=60)
+    assert not t.is_alive() and result["rep"].skipped_files == [str(parallel)]
+    assert any(e["event"] == "ingest.file_error" and "no ingest worker reported" in e["error"] for e in cap)
+    assert not any(p.name.startswith("ragloop-ingest") for p in multiprocessing.active_children())
     ingest_once(engine, settings)
     assert stored_request_ids(engine) == [f"r{i}" for i in range(30_000)] and pair_total(engine) == 30_000
 
