@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=5_000)
     ap.add_argument("--batch-lines", type=int, default=None, help="override ingest.batch_lines")
     ap.add_argument("--workers", type=int, default=None, help="override ingest.workers (1: no parallel readers)")
+    ap.add_argument("--pair-fold-lines", type=int, default=None, help="override ingest.pair_fold_lines")
     args = ap.parse_args()
     import structlog, logging  # noqa: E401 - keep per-file log events out of the timing output
 
@@ -102,7 +103,8 @@ def main() -> None:
         print(f"generated {args.events} events ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f}s")
         bare = bare_parse(log_path)
         print(f"bare json.loads: {bare:,.0f} lines/s")
-        overrides = {k: v for k, v in (("batch_lines", args.batch_lines), ("workers", args.workers)) if v is not None}
+        overrides = {k: v for k, v in (("batch_lines", args.batch_lines), ("workers", args.workers),
+                                       ("pair_fold_lines", args.pair_fold_lines)) if v is not None}
         ingest, rep = full_ingest(log_path, work, args.chunks, overrides)
         print(f"ragloop ingest:  {ingest:,.0f} lines/s  ({rep})")
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
