@@ -341,19 +341,25 @@ def _commit(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared, si
         The batch's summary, or None if another ingester moved the cursor (nothing written).
     """
     try:
-        return _commit_tx(engine, w, cursor, p, size)
+        summary, pending_id = _commit_tx(engine, w, cursor, p, size)
     except pending.FoldConflict as exc:
-        # Another process recovered some of this window's batches from their pending rows. Commit this
-        # batch as pending, and leave the window's other batches to recovery as well.
+        # Another process recovered some of this window's batches from their pending rows, and the
+        # window's merged pairs went with the rolled-back fold. Commit this batch as pending, outside any
+        # window: recovery folds it with the window's other batches.
         log.warning("ingest.fold_conflict", file=cursor["path"], error=str(exc))
-        p.window.pending.clear()
-        return _commit_tx(engine, w, cursor, p._replace(fold_rows=None, fold_ids=[]), size, track=False)
+        summary, _ = _commit_tx(engine, w, cursor, p._replace(fold_rows=None, fold_ids=[]), size)
+        return summary
+    if pending_id is not None:
+        p.window.pending.append(pending_id)
+    return summary
 
 
-def _commit_tx(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared, size: int,
-               track: bool = True) -> dict[str, int] | None:
+def _commit_tx(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared,
+               size: int) -> tuple[dict[str, int] | None, int | None]:
+    """One transaction of ``_commit``. Returns (summary or None if the cursor moved, the pending id)."""
     if not p.lines and not p.fold_ids and not p.fold_rows:
-        return p.summary()  # a reader's last turn with nothing left to fold
+        return p.summary(), None  # a reader's last turn with nothing left to fold
+    pending_id = None
     with write_tx(engine) as conn:
         if p.lines:  # a line-less batch only folds: the cursor is not its to check or move
             moved = conn.execute(
@@ -364,15 +370,15 @@ def _commit_tx(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared,
             if moved != 1:
                 conn.rollback()
                 log.warning("ingest.cursor_moved", file=cursor["path"], expected_offset=p.start_offset)
-                return None
+                return None, None
         if p.fold_rows is not None:
             pending.fold(conn, p.fold_rows, p.fold_ids)  # first: a conflict rolls back before any write
         # Driver-level executemany on rows serialized by the reader: SQLAlchemy's per-value
         # processing (JSON, datetime) cost more than parsing, and ingest throughput is a target.
         if p.event_rows:
-            first_id = pending.next_event_id(conn) if p.fold_rows is None else 0
+            first_id = pending.next_event_id(conn) if p.fold_rows is None else None  # None: folded above
             conn.exec_driver_sql(w.events_sql, p.event_rows)
-            if p.fold_rows is None:
+            if first_id is not None:
                 pending_id = pending.record(conn, cursor["id"], first_id, p.start_offset, p.end_offset)
         if p.hour_counts:
             conn.exec_driver_sql(w.counts_sql, p.hour_counts)
@@ -380,9 +386,7 @@ def _commit_tx(engine: Engine, w: _Writer, cursor: dict[str, Any], p: _Prepared,
             conn.execute(quarantine_t.insert(), p.bad_rows)
     if p.fold_rows is not None:
         log.debug("ingest.fold", file=cursor["path"], batches=len(p.fold_ids) + 1, pairs=len(p.fold_rows))
-    elif p.event_rows and track:
-        p.window.pending.append(pending_id)
-    return p.summary()
+    return p.summary(), pending_id
 
 
 class _Skipped:
