@@ -61,9 +61,9 @@ class IngestSettings(_Section):
         10000, ge=1, le=1_000_000, description="lines per transaction (offset committed with the rows); 1..1000000"
     )
     pair_fold_lines: int = Field(
-        100_000, ge=1, description="pairs of committed batches are staged, then merged and written to "
-        "training_pairs once the staged batches cover this many lines (and at the end of every pass); larger "
-        "folds write fewer rows but hold more in memory; at least 1",
+        100_000, ge=1, description="each reader merges its batches' training pairs in memory and writes them "
+        "to training_pairs once per this many lines (and at its last batch); larger windows write fewer rows "
+        "but hold more in memory; at least 1",
     )
     workers: int = Field(
         0, ge=0, le=64, description="processes that parse and commit a large backlog in turn; 0: one per core "
