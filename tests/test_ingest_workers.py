@@ -115,7 +115,12 @@ def test_stop_ends_the_pass_after_a_commit_and_the_next_pass_goes_on(settings, e
     assert stored_request_ids(engine) == [f"r{i}" for i in range(20_000)] and pair_total(engine) == 20_000
 
 
-def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings, engine, parallel):
+def _signal_a_worker_mid_pass(settings, engine, parallel, sig):
+    """Run a pass over 30,000 lines in a thread; once it has committed, send ``sig`` to worker 1.
+
+    Returns:
+        (the thread, what the pass returned, the log events).
+    """
     settings.ingest.batch_lines = 50
     write(parallel, [event_line(i) for i in range(30_000)])
     result = {}
@@ -128,8 +133,13 @@ def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings,
             time.sleep(0.001)
         while t.is_alive() and not stored_request_ids(engine):
             time.sleep(0.005)
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(victim.pid, sig)
         t.join(timeout=60)
+    return t, result, cap
+
+
+def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings, engine, parallel):
+    _, result, cap = _signal_a_worker_mid_pass(settings, engine, parallel, signal.SIGKILL)
     assert result["rep"].skipped_files == [str(parallel)]
     assert any(e["event"] == "ingest.file_error" and "died" in e["error"] for e in cap)
     ingest_once(engine, settings)
@@ -141,20 +151,7 @@ def test_a_stuck_worker_is_killed_and_its_file_read_again_next_pass(settings, en
     import daemon.ingest_workers as workers_mod
 
     monkeypatch.setattr(workers_mod, "STALL_S", 2.0)
-    settings.ingest.batch_lines = 50
-    write(parallel, [event_line(i) for i in range(30_000)])
-    result = {}
-    t = threading.Thread(target=lambda: result.update(rep=ingest_once(engine, settings)))
-    with capture_logs() as cap:
-        t.start()
-        victim = None
-        while victim is None and t.is_alive():
-            victim = next((p for p in multiprocessing.active_children() if p.name == "ragloop-ingest-1"), None)
-            time.sleep(0.001)
-        while t.is_alive() and not stored_request_ids(engine):
-            time.sleep(0.005)
-        os.kill(victim.pid, signal.SIGSTOP)
-        t.join(timeout=60)
+    t, result, cap = _signal_a_worker_mid_pass(settings, engine, parallel, signal.SIGSTOP)
     assert not t.is_alive() and result["rep"].skipped_files == [str(parallel)]
     assert any(e["event"] == "ingest.file_error" and "no ingest worker reported" in e["error"] for e in cap)
     assert not any(p.name.startswith("ragloop-ingest") for p in multiprocessing.active_children())

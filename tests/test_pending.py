@@ -4,6 +4,7 @@ through a reader that dies, is stopped, or whose pending batches another process
 import os
 import random
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pytest
@@ -89,8 +90,9 @@ def test_small_windows_give_the_pairs_of_one_big_batch(settings, engine, log, tm
     assert pairs(engine) == reference_pairs(tmp_path, log)
 
 
-def _commit_without_folding(settings, engine, path, batches: int) -> None:
-    """What a reader killed before its fold leaves: batches committed, their pairs only pending."""
+@contextmanager
+def reader(settings, engine, path, keys: QueryKeys):
+    """A reader of ``path`` driven by hand: yields (its batches, commit) as ingest_once would use them."""
     from daemon.corpus import known_chunk_ids
 
     with engine.connect() as conn:
@@ -101,13 +103,19 @@ def _commit_without_folding(settings, engine, path, batches: int) -> None:
         fh.seek(0)
         s = settings.ingest
         spec = ingest_mod._ReadSpec(str(path), cursor["id"], limits, s.batch_lines, s.max_line_bytes,
-                                    s.quarantine_raw_chars, QueryKeys(settings.gate.heldout_fraction), s.pair_fold_lines)
+                                    s.quarantine_raw_chars, keys, s.pair_fold_lines)
         w = ingest_mod._Writer(ingest_mod._insert_events_sql(engine.dialect), ingest_mod._count_sql(engine.dialect))
-        for i, p in enumerate(ingest_mod._batches(fh, 0, 0, spec)):
+        yield ingest_mod._batches(fh, 0, 0, spec), lambda p: ingest_mod._commit(engine, w, cursor, p, st.st_size)
+
+
+def _commit_without_folding(settings, engine, path, batches: int) -> None:
+    """What a reader killed before its fold leaves: batches committed, their pairs only pending."""
+    with reader(settings, engine, path, QueryKeys(settings.gate.heldout_fraction)) as (prepared, commit):
+        for i, p in enumerate(prepared):
             if i == batches:
                 break  # the reader dies here: its window (the pairs of the committed batches) is lost
             assert p.fold_rows is None
-            assert ingest_mod._commit(engine, w, cursor, p, st.st_size) is not None
+            assert commit(p) is not None
 
 
 def test_pending_batches_of_a_dead_reader_are_recovered_once(settings, engine, log, tmp_path):
@@ -128,27 +136,16 @@ def test_pending_batches_of_a_dead_reader_are_recovered_once(settings, engine, l
 def test_a_fold_after_another_process_recovered_its_batches_counts_nothing_twice(settings, engine, log, tmp_path):
     """Reader A commits batches; a second ingester's recovery folds them from their pending rows; A's own
     fold then conflicts, rolls back, and its batch is left pending too, so every pair counts once."""
-    from daemon.corpus import known_chunk_ids
-
     settings.ingest.batch_lines, settings.ingest.pair_fold_lines = 100, 450
-    with engine.connect() as conn:
-        limits = ingest_mod.limits_from(settings, known_chunk_ids(conn))
     keys = QueryKeys(settings.gate.heldout_fraction)
-    with open(log, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        cursor = ingest_mod._claim_cursor(engine, ingest_mod._fingerprint(fh), str(log), st, False)
-        fh.seek(0)
-        s = settings.ingest
-        spec = ingest_mod._ReadSpec(str(log), cursor["id"], limits, 100, s.max_line_bytes, s.quarantine_raw_chars,
-                                    keys, 450)
-        w = ingest_mod._Writer(ingest_mod._insert_events_sql(engine.dialect), ingest_mod._count_sql(engine.dialect))
-        conflicts = 0
-        for i, p in enumerate(ingest_mod._batches(fh, 0, 0, spec)):
+    conflicts = 0
+    with reader(settings, engine, log, keys) as (prepared, commit):
+        for p in prepared:
             if p.fold_rows is not None and p.fold_ids:
                 conflicts += 1
                 # the other process, first: this window's batches, and the previous conflict's batch
                 assert pending.recover(engine, keys) == len(p.fold_ids) + (conflicts > 1)
-            assert ingest_mod._commit(engine, w, cursor, p, st.st_size) is not None
+            assert commit(p) is not None
     assert conflicts >= 2
     pending.recover(engine, keys)  # what every pass ends with
     assert pending_count(engine) == 0
