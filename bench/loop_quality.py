@@ -1,14 +1,15 @@
-"""Does the loop help? Unseen-question quality before and after one `ragloop cycle` on the examples.
+"""Does the loop help? Unseen-question quality before and after one `ragloop cycle` on a real benchmark.
 
-    python bench/loop_quality.py [--epochs 1] [--lr 2e-5]
+    python bench/loop_quality.py [--benchmark examples|perlfaq] [--epochs 1] [--lr 2e-5]
 
-The examples' FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. Production is
+The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. Production is
 simulated with the base model: for every traffic question it retrieves the top 10 over the whole corpus
 and logs the event (hit or miss) in the v1 format. ragloop ingests that log and runs one cycle (train
 embedder and reranker, gate each against what serves, promote, re-index). Then the unseen half, which
 no stage ever saw, is scored for: the base embedder; the embedder serving after the cycle (and the
 trained candidate, when the gate kept it out); and that embedder with the reranker (serving, or the
-candidate when it was not promoted). The last line is machine-readable.
+candidate when it was not promoted). The last line is machine-readable; its serving_* figures are those
+of what serves after the run (the serving embedder, with the serving reranker if one was promoted).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from daemon.ingest import ingest_once
 from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from benchmarks import DIRS
 
 
 def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Path) -> tuple[int, int]:
@@ -52,6 +53,7 @@ def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Pa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--benchmark", choices=sorted(DIRS), default="examples", help="which real FAQ benchmark")
     ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
@@ -65,7 +67,8 @@ def main() -> None:
     ap.add_argument("--synthetic-share", type=float, default=None, help="override train.max_synthetic_share")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    questions = [json.loads(line) for line in (EXAMPLES / "questions.jsonl").read_text().splitlines()]
+    data = DIRS[args.benchmark]
+    questions = [json.loads(line) for line in (data / "questions.jsonl").read_text().splitlines()]
     traffic = [q for q in questions if q["half"] == "traffic"]
     unseen = [q for q in questions if q["half"] == "unseen"]
     device = pick_device("auto")
@@ -84,9 +87,9 @@ def main() -> None:
                                        "gate": gate, "synth": {"model": "SmolLM2-135M-Instruct.Q4_1",
                                                                "run_token_budget": 0, "daily_token_budget": 0}},
                                       "bench", base_dir=work)
-        print(f"settings: train {train}, gate {gate}, synth {args.synth}")
+        print(f"benchmark {args.benchmark}; settings: train {train}, gate {gate}, synth {args.synth}")
         engine = open_store(settings.store_url)
-        load_corpus(engine, EXAMPLES / "corpus.jsonl")
+        load_corpus(engine, data / "corpus.jsonl")
         corpus = Corpus(engine)
         base = load_embedder(packaged_minilm(), device)
         n, misses = simulate_production(base, corpus, traffic, work / "feedback.jsonl")
@@ -106,11 +109,14 @@ def main() -> None:
     for name, m in rows.items():
         print(f"{name:44s} {m['hit@1']:6.3f} {m['hit@3']:6.3f} {m['hit@5']:6.3f} {m['hit@10']:6.3f} {m['mrr@10']:6.3f}")
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
+    sv = p if flags["promoted_reranker"] else e
     print(f"base_hit10={b['hit@10']:.3f} embedder_hit10={e['hit@10']:.3f} base_hit1={b['hit@1']:.3f} "
           f"embedder_hit1={e['hit@1']:.3f} pipeline_hit1={p['hit@1']:.3f} pipeline_hit10={p['hit@10']:.3f} "
           f"base_mrr10={b['mrr@10']:.3f} pipeline_mrr10={p['mrr@10']:.3f} "
+          f"serving_hit1={sv['hit@1']:.3f} serving_hit5={sv['hit@5']:.3f} serving_hit10={sv['hit@10']:.3f} "
+          f"serving_mrr10={sv['mrr@10']:.3f} base_hit5={b['hit@5']:.3f} "
           f"promoted_embedder={flags['promoted_embedder']} promoted_reranker={flags['promoted_reranker']} "
-          f"cycle_s={cycle_s:.0f} device={device}")
+          f"benchmark={args.benchmark} cycle_s={cycle_s:.0f} device={device}")
 
 
 def synthesize_offline(engine, settings, cache: Path) -> None:

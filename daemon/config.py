@@ -93,13 +93,20 @@ class GateSettings(_Section):
     heldout_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of distinct queries held out from training, between 0 and 1"
     )
-    embedder_metric: _METRIC = Field("hit@10", description='primary held-out metric for the embedder, e.g. "hit@10", "mrr@10"')
-    reranker_metric: _METRIC = Field("hit@1", description='primary held-out metric after reranking, e.g. "hit@1"')
-    min_gain: float = Field(0.01, ge=0, lt=1, description="the primary metric must rise at least this much, 0..1")
-    max_guard_drop: float = Field(0.02, ge=0, lt=1, description="no guard metric may fall more than this, 0..1")
-    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000, description="paired bootstrap resamples; 100 or more")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bootstrap lower bound")
-    seed: int = Field(0, description="bootstrap seed (decisions are reproducible)")
+    embedder_metric: _METRIC = Field(
+        "mrr@10", description='primary held-out metric for the embedder: "mrr@10" (graded, has power at small n), '
+        '"ndcg@10", or "hit@1", "hit@3", "hit@5", "hit@10"')
+    reranker_metric: _METRIC = Field("mrr@10", description='primary held-out metric after reranking, e.g. "mrr@10"')
+    min_gain: float = Field(0.01, ge=0, lt=1, description="the observed primary gain must be at least this, 0..1")
+    guard_metrics: list[_METRIC] = Field(
+        ["mrr@10", "hit@10"], description='guard-set metrics that can veto, e.g. ["mrr@10", "hit@10"]')
+    guard_margin: float = Field(
+        0.02, ge=0, lt=1, description="a guard veto needs evidence that a guard metric fell more than this, 0..1")
+    permutation_samples: int = Field(
+        10000, ge=1000, le=1_000_000, description="random sign flips of the paired test (when not exact); 1000 or more")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="one-sided confidence of each paired test (level 1 - confidence), e.g. 0.95")
+    seed: int = Field(0, description="seed of the paired tests' sign flips (decisions are reproducible)")
     min_heldout: int = Field(20, ge=1, description="below this many held-out queries the gate refuses to decide")
     rerank_depth: int = Field(50, ge=10, le=1000, description="embedder candidates the reranker reorders; 10..1000")
     max_guard_synthetic: int = Field(
@@ -360,10 +367,17 @@ def _resolve(settings: Settings, base_dir: Path) -> Settings:
     return settings
 
 
+# Settings whose meaning changed: an old config gets told what to write instead.
+_RENAMED = {"gate.max_guard_drop": "gate.guard_margin (a veto now needs a significant drop beyond it)",
+            "gate.bootstrap_samples": "gate.permutation_samples (the gate's test is a sign-flip randomization test)"}
+
+
 def _explain(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     hint = _field_hint(err["loc"])
     if err["type"] == "extra_forbidden":
+        if loc in _RENAMED:
+            return f"{loc}: replaced by {_RENAMED[loc]}; see README (Gate) for what it means now"
         return f"{loc}: unknown setting; remove it or check its spelling against config.toml"
     got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     msg = err["msg"].removeprefix("Value error, ")

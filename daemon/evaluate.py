@@ -3,7 +3,7 @@
 Retrieval is exact search over the whole corpus (normalized embeddings, one matrix product), scored
 per query with hit@1/3/5/10, MRR@10 and nDCG@10 (binary relevance; every expected chunk of a query is
 relevant). This is an exact equivalent of sentence-transformers' InformationRetrievalEvaluator for
-these metrics, written here because the gate needs the per-query figures (for its paired bootstrap and
+these metrics, written here because the gate needs the per-query figures (for its paired tests and
 for the lists of queries fixed and broken), which the evaluator only reports as means.
 
 Corpus embeddings are cached per (model version, chunk text hash), so a gate embeds only what changed.
@@ -107,13 +107,15 @@ class Scores:
 class Corpus:
     """Active chunk ids, texts and hashes, loaded once per gate."""
 
-    def __init__(self, engine: Engine):
-        with engine.connect() as conn:
-            rows = conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text, chunks_t.c.text_hash)
-                                .where(chunks_t.c.removed_at.is_(None)).order_by(chunks_t.c.id)).all()
-        self.ids = [r.id for r in rows]
-        self.texts = [r.text for r in rows]
-        self.hashes = [r.text_hash for r in rows]
+    def __init__(self, engine: Engine | None = None, rows: list | None = None):
+        if engine is not None:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text, chunks_t.c.text_hash)
+                                    .where(chunks_t.c.removed_at.is_(None)).order_by(chunks_t.c.id)).all()
+        rows = rows or []  # or (id, text, text_hash) rows given directly (benchmarks without a store)
+        self.ids = [r[0] for r in rows]
+        self.texts = [r[1] for r in rows]
+        self.hashes = [r[2] for r in rows]
         self.text_of = dict(zip(self.ids, self.texts))
 
 

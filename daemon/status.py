@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 from datetime import timedelta
 from typing import Any
@@ -48,7 +50,8 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
         serving_rows = conn.execute(sa.select(mv).where(mv.c.status == "serving")).mappings().all()
         gd = GateDecision.__table__
         decisions = [{"kind": r.kind, "candidate": r.candidate_version, "serving": r.serving_version,
-                      "outcome": r.outcome, "reason": r.reason, "at": r.created_at.isoformat()}
+                      "outcome": r.outcome, "reason": r.reason, "at": r.created_at.isoformat(),
+                      "heldout": _before_after(r.figures)}
                      for r in conn.execute(sa.select(gd).order_by(gd.c.id.desc()).limit(4))]
         idx = conn.execute(sa.select(iv).where(iv.c.status == "serving")).mappings().first()
     events, misses = int(sum(kinds.values())), int(kinds.get("miss", 0))
@@ -187,15 +190,35 @@ def _render_daemon(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _before_after(figures: Any) -> dict[str, Any] | None:
+    """Held-out figures of serving and candidate in a stored decision (JSON text on some backends)."""
+    figures = json.loads(figures) if isinstance(figures, str) else figures or {}
+    if "candidate" not in figures:
+        return None
+    pick = ("hit@1", "hit@10", "mrr@10", "queries")
+    return {"serving": {m: figures["serving"]["heldout"].get(m) for m in pick},
+            "candidate": {m: figures["candidate"]["heldout"].get(m) for m in pick},
+            "p_value": figures.get("test", {}).get("p_value")}
+
+
+def _render_before_after(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "-"
+    s, c = h["serving"], h["candidate"]
+    return (f"mrr@10 {s['mrr@10']:.3f}->{c['mrr@10']:.3f}, hit@1 {s['hit@1']:.3f}->{c['hit@1']:.3f}, "
+            f"hit@10 {s['hit@10']:.3f}->{c['hit@10']:.3f} (n={s['queries']})")
+
+
 def _render_loop(s: dict[str, Any]) -> str:
     c = s["last_cycle"]
     cycle = "never" if c is None else (
         f"{c['started_at'][:19]} ({c['duration_s']:.0f}s, {c['train_pairs']} train pairs)"
         + (f": skipped, {c['skipped']}" if c.get("skipped") else ""))
     lines = [f"Last cycle: {cycle}", "Gate decisions (newest first)"]
-    lines.append(table(["kind", "candidate", "vs serving", "outcome", "reason"],
+    lines.append(table(["kind", "candidate", "vs serving", "outcome", "held-out: serving -> candidate", "reason"],
                        [[d["kind"], f"v{d['candidate']}", "none" if d["serving"] is None else f"v{d['serving']}",
-                         d["outcome"], d["reason"][:70]] for d in s["decisions"]]) if s["decisions"] else "(none yet)")
+                         d["outcome"], _render_before_after(d.get("heldout")), d["reason"][:90]]
+                        for d in s["decisions"]]) if s["decisions"] else "(none yet)")
     if s["models"]:
         lines += ["Models", table(["kind", "version", "status", "heldout hit@1", "hit@10", "mrr@10"],
                                   [[m["kind"], m["version"], m["status"], m["heldout_hit@1"], m["heldout_hit@10"],

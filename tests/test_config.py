@@ -62,3 +62,14 @@ def test_not_toml_and_missing_file(tmp_path, capsys):
     assert "not valid TOML" in capsys.readouterr().err
     assert main(["-c", str(tmp_path / "absent.toml"), "status"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_a_replaced_gate_setting_says_what_replaced_it(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[gate]\nmax_guard_drop = 0.02\nbootstrap_samples = 2000\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    problems = exc.value.problems
+    assert len(problems) == 2
+    assert any("gate.max_guard_drop: replaced by gate.guard_margin" in p for p in problems)
+    assert any("gate.bootstrap_samples: replaced by gate.permutation_samples" in p for p in problems)

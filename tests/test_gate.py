@@ -9,8 +9,10 @@ from structlog.testing import capture_logs
 
 from daemon import registry
 from daemon.cli import main
-from daemon.gate import bootstrap_lower_bound, gate
+from daemon.evaluate import Scores, query_metrics
+from daemon.gate import decide, gate
 from daemon.index import build_index
+from daemon.stats import queries_needed, sign_flip_test
 from daemon.store import open_store
 from daemon.train import run_job
 
@@ -34,13 +36,63 @@ def _alias(settings):
         c.close()
 
 
-def test_bootstrap_is_seeded_and_reproducible():
+def _scores(ranks: list[int]) -> Scores:
+    """Per-query metrics of a ranking that puts each query's answer at ``rank`` (0-based; >= 10: missed)."""
+    ids = [f"c{i}" for i in range(10)]
+    return Scores([query_metrics(ids, {f"c{r}" if r < 10 else "elsewhere"}) for r in ranks])
+
+
+def _decide(cand_ranks, serv_ranks, guard_cand, guard_serv, settings, kind="embedder"):
+    cand = {"heldout": _scores(cand_ranks), "guard": _scores(guard_cand)}
+    serv = {"heldout": _scores(serv_ranks), "guard": _scores(guard_serv)}
+    return decide(kind, cand, serv, settings, [f"q{i}" for i in range(len(cand_ranks))])
+
+
+def test_one_query_moving_one_rank_on_the_guard_never_vetoes(settings):
+    # 40 held-out queries: 12 move up to rank 1, the rest stay; on the 24 guard queries one moves 3 -> 4,
+    # the drop that vetoed a real +7-point candidate under the old rule.
+    serv = [2] * 12 + [0] * 28
+    cand = [0] * 12 + [0] * 28
+    guard_serv = [2] + [0] * 23
+    for guard_cand in ([3] + [0] * 23, [12] + [0] * 23):  # one rank down; or out of the top 10 entirely
+        outcome, reason, figures, fixed, broken = _decide(cand, serv, guard_cand, guard_serv, settings)
+        assert outcome == "promote", reason
+        assert figures["guard"]["hit@10"]["p_value"] >= figures["alpha"]
+    assert len(fixed) == 12 and broken == []
+
+
+def test_guard_vetoes_a_regression_the_data_show(settings):
+    serv, cand = [2] * 12 + [0] * 28, [0] * 40
+    guard_serv, guard_cand = [0] * 40, [12] * 10 + [0] * 30  # a quarter of what worked is lost
+    outcome, reason, figures, _, _ = _decide(cand, serv, guard_cand, guard_serv, settings)
+    assert outcome == "reject" and reason.startswith("guard ") and "beyond gate.guard_margin 0.02" in reason
+    assert figures["guard"]["hit@10"]["p_value"] < 0.05 and figures["guard"]["hit@10"]["mean"] == 0.25
+
+
+def test_a_small_unproven_gain_is_undecided_and_says_how_many_queries_it_needs(settings):
+    serv, cand = [1] * 3 + [0] * 27, [0] * 2 + [1] + [0] * 27  # +0.033 MRR on 30: two queries moved 2 -> 1
+    outcome, reason, figures, _, _ = _decide(cand, serv, [], [], settings)
+    assert outcome == "undecided" and figures["test"]["p_value"] == 0.25, reason  # exact: 1 of 4 sign vectors
+    assert figures["queries_needed"] > 30 and f"~{figures['queries_needed']} held-out queries" in reason
+
+
+def test_hit_at_k_stays_selectable_and_a_saturated_one_cannot_promote(settings):
+    settings.gate.embedder_metric = "hit@10"
+    outcome, reason, figures, _, _ = _decide([0] * 30, [2] * 30, [], [], settings)
+    assert figures["metric"] == "heldout hit@10" and outcome == "reject" and "below gate.min_gain" in reason
+    assert figures["candidate"]["heldout"]["mrr@10"] == 1.0  # every hit@k and MRR is in the report
+
+
+def test_sign_flip_test_is_exact_when_small_and_seeded_when_large():
+    assert sign_flip_test(np.ones(5)).p_value == 1 / 32  # only the observed signs reach the observed sum
+    assert sign_flip_test(np.zeros(30)).p_value == 1.0  # no difference is never evidence
+    assert sign_flip_test(-np.ones(5)).p_value == 1.0
     rng = np.random.default_rng(1)
-    a, b = rng.random(50), rng.random(50)
-    assert bootstrap_lower_bound(a, b, 1000, 0.95, 7) == bootstrap_lower_bound(a, b, 1000, 0.95, 7)
-    assert bootstrap_lower_bound(a, b, 1000, 0.95, 7) != bootstrap_lower_bound(a, b, 1000, 0.95, 8)
-    sure = bootstrap_lower_bound(np.ones(30), np.zeros(30), 500, 0.95, 0)
-    assert sure["lower"] == 1.0 and sure["mean_gain"] == 1.0
+    d = rng.normal(0.05, 0.3, 80)
+    a, b = sign_flip_test(d, seed=7), sign_flip_test(d, seed=7)
+    assert a == b and 0 < a.p_value < 1 and sign_flip_test(d, seed=8).p_value != a.p_value
+    assert sign_flip_test(d, shift=0.2).p_value > 0.99  # H0: mean <= 0.2 is not rejected by a mean of ~0.05
+    assert queries_needed(0.05, 0.3, 0.05) == 223 and queries_needed(-0.01, 0.3, 0.05) is None
 
 
 def test_damaged_candidate_is_rejected_with_figures(store, engine, damaged_minilm):
@@ -57,7 +109,7 @@ def test_damaged_candidate_is_rejected_with_figures(store, engine, damaged_minil
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT outcome, figures, eval_pair_ids FROM gate_decisions")).one()
     figures = row.figures if isinstance(row.figures, dict) else json.loads(row.figures)
-    assert row.outcome == "reject" and figures["bootstrap"]["lower"] < 0
+    assert row.outcome == "reject" and figures["gain"] < 0 and figures["test"]["p_value"] > 0.5
 
 
 @pytest.mark.slow
@@ -94,7 +146,7 @@ def test_good_candidate_on_a_planted_case_is_promoted_and_rollback_restores(tmp_
     v = registry.register(engine, "embedder", finetuned_minilm, base="packaged MiniLM + 2 steps")
     d = gate(engine, settings, "embedder", v)
     assert d.outcome == "promote", d.reason
-    assert d.figures["gain"] > 0.3 and d.figures["bootstrap"]["lower"] > 0 and d.fixed
+    assert d.figures["gain"] > 0.3 and d.figures["test"]["p_value"] < 0.05 and d.fixed
     registry.promote(engine, settings, "embedder", v)
     assert _alias(settings) == "chunks__v2"
     assert registry.serving(engine, "embedder")["version"] == v
@@ -114,7 +166,7 @@ def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(stor
     job = run_job(engine, store, "reranker")
     d = gate(engine, store, "reranker", job.version)
     assert d.serving is None and d.outcome in ("promote", "reject")
-    assert "hit@1" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
+    assert "mrr@10" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
     registry.promote(engine, store, "reranker", job.version, forced=True)
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["reranker"]["version"] == job.version and manifest["collection"] == "chunks__v1"

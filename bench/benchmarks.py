@@ -1,0 +1,98 @@
+"""The two real FAQ benchmarks every quality figure is given on, and what the benchmarks share.
+
+  examples  the Python FAQ + tutorial and the Debian FAQ (examples/, 724 chunks, 263 questions)
+  perlfaq   the Perl FAQ + 17 core manual pages (bench/perlfaq/, 1,560 chunks, 295 questions)
+
+Each has corpus.jsonl, questions.jsonl (a fixed "traffic"/"unseen" half per question) and
+feedback.jsonl (production's log of the traffic half). Per-query scoring uses the gate's own code
+(daemon.evaluate), and `one_shot_finetune` is the 30-line script a doubting user would write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daemon.corpus import text_hash
+from daemon.evaluate import Corpus, corpus_embeddings, query_metrics, retrieve
+
+REPO = Path(__file__).resolve().parent.parent
+DIRS = {"examples": REPO / "examples", "perlfaq": REPO / "bench" / "perlfaq"}
+CACHE = REPO / "bench" / ".cache"
+
+
+@dataclass
+class Benchmark:
+    name: str
+    dir: Path
+    corpus: Corpus
+    questions: list[dict]
+
+    def half(self, name: str) -> list[dict]:
+        return [q for q in self.questions if q["half"] == name]
+
+
+def load(name: str) -> Benchmark:
+    d = DIRS[name]
+    rows = [json.loads(line) for line in (d / "corpus.jsonl").read_text().splitlines()]
+    corpus = Corpus(rows=sorted((r["id"], r["text"], text_hash(r["text"])) for r in rows))
+    questions = [json.loads(line) for line in (d / "questions.jsonl").read_text().splitlines()]
+    return Benchmark(name, d, corpus, questions)
+
+
+def per_query(model, bench: Benchmark, questions: list[dict], key: str, depth: int = 10) -> list[dict[str, float]]:
+    """The gate's six metrics per question, for ``model`` (corpus vectors cached under ``key``)."""
+    emb = corpus_embeddings(model, bench.corpus, CACHE / "embeddings" / bench.name, key)
+    ranked = retrieve(model, bench.corpus, emb, [q["query"] for q in questions], depth)
+    return [query_metrics(r, set(q["expected_ids"])) for r, q in zip(ranked, questions)]
+
+
+def top_wrong(model, bench: Benchmark, questions: list[dict], key: str) -> list[str]:
+    """Each question's top-ranked chunk that is not one of its answers (production's wrong result)."""
+    emb = corpus_embeddings(model, bench.corpus, CACHE / "embeddings" / bench.name, key)
+    ranked = retrieve(model, bench.corpus, emb, [q["query"] for q in questions], 20)
+    return [next(c for c in r if c not in set(q["expected_ids"])) for r, q in zip(ranked, questions)]
+
+
+def one_shot_finetune(base: str, rows: list[tuple[str, str, str]], out: Path, *, epochs: float = 3, lr: float = 2e-5,
+                      batch: int = 16, seed: int = 42) -> Path:
+    """The script a user writes: MNRL on (question, answer chunk, production's wrong chunk) rows."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
+                                                                          SentenceTransformerTrainingArguments)
+    from transformers.trainer_callback import PrinterCallback
+
+    model = SentenceTransformer(base, device="cpu" if not _cuda() else "cuda")
+    ds = Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows],
+                            "negative": [r[2] for r in rows]})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "run"), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
+        warmup_steps=0.1, seed=seed, data_seed=seed, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no",
+        report_to="none", disable_tqdm=True, logging_strategy="no", dataloader_pin_memory=_cuda())
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=MultipleNegativesRankingLoss(model))
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    model.save_pretrained(str(out / "model"), safe_serialization=True)
+    return out / "model"
+
+
+def script_rows(bench: Benchmark, questions: list[dict], wrong: list[str], rng: np.random.Generator | None = None
+                ) -> list[tuple[str, str, str]]:
+    """One row per (question, answer chunk). With ``rng``: positives shuffled across questions (a broken label
+    pipeline), the degraded candidate of the gate benchmark."""
+    positives = [q["expected_ids"] for q in questions]
+    if rng is not None:
+        positives = [positives[i] for i in rng.permutation(len(positives))]
+    text = bench.corpus.text_of
+    return [(q["query"], text[p], text[w]) for q, ps, w in zip(questions, positives, wrong) for p in ps]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
