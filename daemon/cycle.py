@@ -1,6 +1,6 @@
 """One pass of the loop: train embedder and reranker, gate each, promote the winners, publish.
 
-mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
+held-out share -> mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
      -> train reranker -> gate against the now-serving embedder -> (promote: manifest)
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from daemon import registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator
-from daemon.gate import Decision, gate
+from daemon.gate import Decision, gate, rebalance_heldout
 from daemon.index import build_index, serving_collection
 from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
 from daemon.train import run_job
@@ -31,6 +31,7 @@ class CycleReport:
     started_at: str
     duration_s: float = 0.0
     train_pairs: int = 0
+    heldout: dict[str, Any] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
 
@@ -48,6 +49,7 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
     """
     t0 = time.monotonic()
     report = CycleReport(started_at=utcnow().isoformat())
+    report.heldout = rebalance_heldout(engine, settings)  # before training: the surplus is training data
     report.train_pairs = train_pair_count(engine)
     if report.train_pairs == 0:
         report.skipped = "no train pairs yet: ingest feedback first"

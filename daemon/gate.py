@@ -31,7 +31,7 @@ from daemon import registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator, Scores, summary
 from daemon.models import load_embedder
-from daemon.pairs import split_key
+from daemon.pairs import split_key, split_position
 from daemon.stats import PairedTest, queries_needed, sign_flip_test
 from daemon.store import GateDecision, TrainingPair, utcnow, write_tx
 
@@ -141,6 +141,31 @@ def gate(engine: Engine, settings: Settings, kind: str, version: int, *, evaluat
     cand, serv = _score_both(ev, settings, kind, cand_row, serving_row, serving_emb)
     outcome, reason, figures, fixed, broken = decide(kind, cand, serv, settings, heldout.queries)
     return _record(engine, Decision(kind, version, _v(serving_row), outcome, reason, figures, fixed, broken), ev)
+
+
+def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
+    """Return the held-out surplus to train, for the share this much traffic calls for.
+
+    New queries are held out provisionally at gate.heldout_max_fraction. While traffic is small the gate
+    keeps up to that share, to reach gate.heldout_target queries (bench/gate_power.py: more held-out
+    queries buy more power than the training queries they cost); as traffic grows the share falls towards
+    gate.heldout_fraction and the surplus, which no model has seen, becomes training data. Queries only
+    ever move held-out -> train, so no model is ever tested on a query it (or what serves) trained on.
+    """
+    g = settings.gate
+    real = pairs_t.c.origin != "synthetic"
+    with engine.connect() as conn:
+        queries = conn.scalar(sa.select(sa.func.count(sa.distinct(pairs_t.c.query_norm))).where(real)) or 0
+        held = conn.execute(sa.select(pairs_t.c.id, pairs_t.c.query_norm).where(real, pairs_t.c.split == "heldout")).all()
+    share = g.effective_fraction(queries)
+    move = [r.id for r in held if split_position(r.query_norm) >= share]
+    with write_tx(engine) as conn:
+        for i in range(0, len(move), 500):
+            conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
+    kept = len({r.query_norm for r in held if split_position(r.query_norm) < share})
+    out = {"queries": queries, "share": round(share, 4), "heldout_queries": kept, "pairs_moved_to_train": len(move)}
+    log.info("gate.heldout", **out)
+    return out
 
 
 def _v(row: dict[str, Any] | None) -> int | None:

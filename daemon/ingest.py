@@ -98,7 +98,7 @@ def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = No
         limits = limits_from(settings, known_chunk_ids(conn))
     total = IngestReport()
     seen_fingerprints: set[str] = set()
-    keys = QueryKeys(settings.gate.heldout_fraction)
+    keys = QueryKeys(settings.gate.ingest_fraction())
     with _no_cyclic_gc():
         pending.recover(engine, keys)  # pairs a killed or stopped reader had not folded
         for path in paths:
@@ -247,7 +247,7 @@ def _read(engine: Engine, settings: Settings, limits: Limits, fh: IO[bytes], cur
           stop: threading.Event | None = None) -> None:
     s = settings.ingest
     spec = _ReadSpec(cursor["path"], cursor["id"], limits, s.batch_lines, s.max_line_bytes, s.quarantine_raw_chars,
-                     QueryKeys(settings.gate.heldout_fraction), s.pair_fold_lines)
+                     QueryKeys(settings.gate.ingest_fraction()), s.pair_fold_lines)
     is_gz = isinstance(fh, gzip.GzipFile)
     w = _Writer(_insert_events_sql(engine.dialect), _count_sql(engine.dialect))
     remaining = (st.st_size * 5 if is_gz else st.st_size) - cursor["offset"]
@@ -481,7 +481,7 @@ def retry_quarantine(engine: Engine, settings: Settings, ids: list[int] | None =
     if ids:
         q = q.where(quarantine_t.c.id.in_(ids))
     resolved = still_bad = 0
-    keys = QueryKeys(settings.gate.heldout_fraction)
+    keys = QueryKeys(settings.gate.ingest_fraction())
     with write_tx(engine) as conn:
         for row in conn.execute(q.order_by(quarantine_t.c.id)).mappings().all():
             try:

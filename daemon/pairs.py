@@ -47,10 +47,14 @@ def split_key(query_norm: str) -> str:
     return " ".join(sorted(set(query_norm.split()) - _STOP)) or query_norm
 
 
+def split_position(query_norm: str) -> float:
+    """Where the query's split key hashes to in [0, 1): held out when below the held-out share."""
+    return int.from_bytes(hashlib.blake2b(split_key(query_norm).encode(), digest_size=8).digest(), "big") / 2**64
+
+
 def split_for(query_norm: str, heldout_fraction: float) -> str:
     """Stable assignment: the same key gives the same split on every machine and every run."""
-    h = int.from_bytes(hashlib.blake2b(split_key(query_norm).encode(), digest_size=8).digest(), "big")
-    return "heldout" if h / 2**64 < heldout_fraction else "train"
+    return "heldout" if split_position(query_norm) < heldout_fraction else "train"
 
 
 class QueryKeys:

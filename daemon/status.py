@@ -214,7 +214,12 @@ def _render_loop(s: dict[str, Any]) -> str:
     cycle = "never" if c is None else (
         f"{c['started_at'][:19]} ({c['duration_s']:.0f}s, {c['train_pairs']} train pairs)"
         + (f": skipped, {c['skipped']}" if c.get("skipped") else ""))
-    lines = [f"Last cycle: {cycle}", "Gate decisions (newest first)"]
+    lines = [f"Last cycle: {cycle}"]
+    if c and c.get("heldout"):
+        h = c["heldout"]
+        lines.append(f"Held-out set: {h['heldout_queries']} of {h['queries']} real queries (share {h['share']:.2f}; "
+                     "larger while traffic is small, see gate.heldout_target)")
+    lines.append("Gate decisions (newest first)")
     lines.append(table(["kind", "candidate", "vs serving", "outcome", "held-out: serving -> candidate", "reason"],
                        [[d["kind"], f"v{d['candidate']}", "none" if d["serving"] is None else f"v{d['serving']}",
                          d["outcome"], _render_before_after(d.get("heldout")), d["reason"][:90]]

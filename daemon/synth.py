@@ -153,7 +153,7 @@ def run_synthesis(engine: Engine, settings: Settings, limit: int | None = None, 
     report.chunks = len(todo)
     budget = _Budget(s.run_token_budget, s.daily_token_budget, tokens_today(engine))
     prog = Progress("synth.progress", len(todo), unit="chunks", every_s=30.0)
-    keys = QueryKeys(settings.gate.heldout_fraction)
+    keys = QueryKeys(settings.gate.ingest_fraction())
     keys.heldout = heldout_split_keys(engine)
     with ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix="ragloop-synth") as pool:
         futures = {}

@@ -10,8 +10,9 @@ from structlog.testing import capture_logs
 from daemon import registry
 from daemon.cli import main
 from daemon.evaluate import Scores, query_metrics
-from daemon.gate import decide, gate
+from daemon.gate import decide, gate, rebalance_heldout
 from daemon.index import build_index
+from daemon.pairs import split_position
 from daemon.stats import queries_needed, sign_flip_test
 from daemon.store import open_store
 from daemon.train import run_job
@@ -173,3 +174,34 @@ def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(stor
     assert _alias(store) == "chunks__v1"  # no re-index for a reranker
     assert registry.rollback(engine, store, "reranker") == {"kind": "reranker", "from": job.version, "to": None}
     assert json.loads(store.manifest_path.read_text())["reranker"] is None
+
+
+def test_heldout_share_is_larger_while_traffic_is_small_and_only_ever_returns_queries_to_train(settings, engine,
+                                                                                                tmp_path):
+    settings.gate.heldout_target = 15
+    small_feedback_store(engine, settings, tmp_path, n_questions=60)  # ingested at the provisional share, 0.5
+
+    def splits():
+        with engine.connect() as conn:
+            return {r.id: (r.split, split_position(r.query_norm))
+                    for r in conn.execute(sa.text("SELECT id, split, query_norm FROM training_pairs"))}
+
+    before = splits()
+    assert all((sp == "heldout") == (pos < 0.5) for sp, pos in before.values())
+    with capture_logs() as cap:
+        h = rebalance_heldout(engine, settings)  # ~60 queries: ~15 / 60 held out
+    with engine.connect() as conn:
+        queries = conn.scalar(sa.text("SELECT count(DISTINCT query_norm) FROM training_pairs"))
+    share = round(15 / queries, 4)
+    assert 55 <= h["queries"] == queries and h["share"] == share and h["pairs_moved_to_train"] > 0
+    after = splits()
+    assert all((sp == "heldout") == (pos < share) for sp, pos in after.values())
+    assert 0 < h["heldout_queries"] <= sum(sp == "heldout" for sp, _ in after.values())
+    assert next(e for e in cap if e["event"] == "gate.heldout")["share"] == share
+    settings.gate.heldout_target = 0  # large traffic: the long-run share, 0.2
+    assert rebalance_heldout(engine, settings)["share"] == 0.2
+    settings.gate.heldout_target = 1000  # a share that would rise again moves nothing back
+    assert rebalance_heldout(engine, settings)["pairs_moved_to_train"] == 0
+    final = splits()
+    assert all((sp == "heldout") == (pos < 0.2) for sp, pos in final.values())
+    assert all(final[i][0] == "train" for i, (sp, _) in after.items() if sp == "train")

@@ -110,7 +110,7 @@ def reader(settings, engine, path, keys: QueryKeys):
 
 def _commit_without_folding(settings, engine, path, batches: int) -> None:
     """What a reader killed before its fold leaves: batches committed, their pairs only pending."""
-    with reader(settings, engine, path, QueryKeys(settings.gate.heldout_fraction)) as (prepared, commit):
+    with reader(settings, engine, path, QueryKeys(settings.gate.ingest_fraction())) as (prepared, commit):
         for i, p in enumerate(prepared):
             if i == batches:
                 break  # the reader dies here: its window (the pairs of the committed batches) is lost
@@ -130,14 +130,14 @@ def test_pending_batches_of_a_dead_reader_are_recovered_once(settings, engine, l
     rep = ingest_once(engine, settings)  # recovers the 6 batches from their events, then reads on
     assert rep.lines == 900 and pending_count(engine) == 0
     assert pairs(engine) == reference_pairs(tmp_path, log)
-    assert pending.recover(engine, QueryKeys(settings.gate.heldout_fraction)) == 0
+    assert pending.recover(engine, QueryKeys(settings.gate.ingest_fraction())) == 0
 
 
 def test_a_fold_after_another_process_recovered_its_batches_counts_nothing_twice(settings, engine, log, tmp_path):
     """Reader A commits batches; a second ingester's recovery folds them from their pending rows; A's own
     fold then conflicts, rolls back, and its batch is left pending too, so every pair counts once."""
     settings.ingest.batch_lines, settings.ingest.pair_fold_lines = 100, 450
-    keys = QueryKeys(settings.gate.heldout_fraction)
+    keys = QueryKeys(settings.gate.ingest_fraction())
     conflicts = 0
     with reader(settings, engine, log, keys) as (prepared, commit):
         for p in prepared:
