@@ -54,6 +54,8 @@ def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--benchmark", choices=sorted(DIRS), default="examples", help="which real FAQ benchmark")
+    ap.add_argument("--kinds", nargs="+", choices=("embedder", "reranker"), default=["embedder", "reranker"],
+                    help="what the cycle trains (the cold-start reranker costs ~7 CPU minutes and is never promoted)")
     ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
@@ -98,8 +100,10 @@ def main() -> None:
         if args.synth == "smollm2":
             synthesize_offline(engine, settings, args.synth_cache)
         t = time.monotonic()
-        report = run_cycle(engine, settings)
+        report = run_cycle(engine, settings, kinds=tuple(args.kinds))
         cycle_s = time.monotonic() - t
+        h = report.heldout
+        print(f"held-out: {h['heldout_queries']} of {h['queries']} traffic queries (share {h['share']})")
         for d in report.decisions:
             print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
         rows, flags = evaluate_unseen(engine, settings, corpus, base, unseen)

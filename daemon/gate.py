@@ -107,7 +107,7 @@ def _rule(metric: str, test: PairedTest, guard: dict[str, PairedTest], needed: i
         return "reject", (f"guard {m} fell {t.mean:.4f} over {t.n} queries, beyond gate.guard_margin {t.shift} "
                           f"(p={t.p_value:.3f} < {alpha})")
     if test.mean < min_gain:
-        return "reject", f"{gain}: below gate.min_gain {min_gain}, not better than serving"
+        return "reject", f"{gain}: below gate.min_gain {min_gain}, too small to be worth a promotion"
     if test.p_value >= alpha:
         more = f"~{needed} held-out queries ({needed - test.n} more)" if needed else "more held-out queries"
         return "undecided", (f"{gain} is not significant (p={test.p_value:.3f} >= {alpha}); an effect this size "

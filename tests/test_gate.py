@@ -14,6 +14,7 @@ from daemon.gate import decide, gate, rebalance_heldout
 from daemon.index import build_index
 from daemon.pairs import split_position
 from daemon.stats import queries_needed, sign_flip_test
+from daemon.status import collect_status, render_status
 from daemon.store import open_store
 from daemon.train import run_job
 
@@ -111,6 +112,9 @@ def test_damaged_candidate_is_rejected_with_figures(store, engine, damaged_minil
         row = conn.execute(sa.text("SELECT outcome, figures, eval_pair_ids FROM gate_decisions")).one()
     figures = row.figures if isinstance(row.figures, dict) else json.loads(row.figures)
     assert row.outcome == "reject" and figures["gain"] < 0 and figures["test"]["p_value"] > 0.5
+    shown = collect_status(engine, store)["decisions"][0]["heldout"]  # what `ragloop status` prints
+    assert shown["candidate"]["hit@10"] == cand["hit@10"] and shown["serving"]["mrr@10"] == serv["mrr@10"]
+    assert f"hit@10 {serv['hit@10']:.3f}->{cand['hit@10']:.3f}" in render_status(collect_status(engine, store))
 
 
 @pytest.mark.slow
@@ -205,3 +209,80 @@ def test_heldout_share_is_larger_while_traffic_is_small_and_only_ever_returns_qu
     final = splits()
     assert all((sp == "heldout") == (pos < 0.2) for sp, pos in final.values())
     assert all(final[i][0] == "train" for i, (sp, _) in after.items() if sp == "train")
+
+
+@pytest.fixture(scope="module")
+def examples_store(tmp_path_factory):
+    """The examples as production logged them (724 chunks, 132 traffic questions), ingested and split as a
+    first cycle splits them, with the packaged MiniLM serving. SQLite: this is about the decision."""
+    from conftest import EXAMPLES
+
+    from daemon.corpus import load_corpus
+    from daemon.ingest import ingest_once
+
+    tmp = tmp_path_factory.mktemp("examples")
+    settings = make_settings(tmp, f"sqlite:///{tmp / 'state' / 'ragloop.db'}", train={"device": "cpu"},
+                             ingest={"paths": [str(EXAMPLES / "feedback.jsonl")]})
+    engine = open_store(settings.store_url)
+    load_corpus(engine, EXAMPLES / "corpus.jsonl")
+    ingest_once(engine, settings)
+    heldout = rebalance_heldout(engine, settings)
+    yield settings, engine, heldout
+    engine.dispose()
+
+
+def _fine_tune(engine, settings, tmp_path, *, shuffled: bool) -> str:
+    """A real fine-tune on the train split: the 30-line script (MNRL, 3 epochs, lr 2e-5, batch 16, each
+    question with its answer chunk and production's top wrong chunk). ``shuffled``: positives permuted
+    across questions, as a broken label pipeline would."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from daemon.models import load_embedder, packaged_minilm
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT p.query, c.text AS positive, p.hard_negative_ids FROM training_pairs p "
+            "JOIN chunks c ON c.id = p.chunk_id WHERE p.split = 'train' ORDER BY p.id")).all()
+        text = dict(conn.execute(sa.text("SELECT id, text FROM chunks")).all())
+    negs = [json.loads(r.hard_negative_ids) if isinstance(r.hard_negative_ids, str) else r.hard_negative_ids
+            for r in rows]  # what production returned that was wrong, best-ranked first
+    rows, negs = zip(*[(r, n) for r, n in zip(rows, negs) if n])
+    positives = [r.positive for r in rows]
+    if shuffled:
+        positives = [positives[i] for i in np.random.default_rng(3).permutation(len(positives))]
+    ds = Dataset.from_dict({"anchor": [r.query for r in rows], "positive": positives,
+                            "negative": [text[n[0]] for n in negs]})
+    model = load_embedder(packaged_minilm(), "cpu")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"), num_train_epochs=3, per_device_train_batch_size=16, learning_rate=2e-5,
+        warmup_steps=0.1, seed=42, report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
+        disable_tqdm=True, dataloader_pin_memory=False)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=MultipleNegativesRankingLoss(model)).train()
+    model.save_pretrained(str(tmp_path / "model"))
+    with engine.connect() as conn:
+        ids = [i for (i,) in conn.execute(sa.text("SELECT id FROM training_pairs WHERE split = 'train'"))]
+    return registry.register(engine, "embedder", str(tmp_path / "model"), base="script",
+                             lineage={"pair_ids": ids, "pairs": len(ids)})
+
+
+@pytest.mark.slow
+def test_at_the_examples_traffic_the_gate_decides_on_evidence_not_on_one_query(examples_store, tmp_path):
+    """Real fine-tunes at the examples' traffic (132 questions; 63 held out at the small-traffic share).
+
+    Measured here, and stated as such: the script's fine-tune lifts held-out hit@3 and hit@10 by ~3 points
+    but MRR@10 by only +0.009 on these 63 queries (p~0.39), so the gate must not promote it, and must not
+    blame its guard either. bench/gate_power.py gives the odds over many held-out draws (README).
+    """
+    settings, engine, heldout = examples_store
+    assert heldout["share"] == 0.5 and heldout["heldout_queries"] >= 50  # the small-traffic share
+    good = gate(engine, settings, "embedder", _fine_tune(engine, settings, tmp_path / "good", shuffled=False))
+    cand, serv = good.figures["candidate"]["heldout"], good.figures["serving"]["heldout"]
+    assert cand["hit@10"] > serv["hit@10"] and 0 < good.figures["gain"] < 0.03
+    assert good.outcome != "promote" and good.figures["test"]["p_value"] > 0.2, good.reason
+    assert "guard" not in good.reason and all(t["p_value"] > 0.05 for t in good.figures["guard"].values())
+    bad = gate(engine, settings, "embedder", _fine_tune(engine, settings, tmp_path / "bad", shuffled=True))
+    assert bad.outcome == "reject" and bad.figures["gain"] < -0.05, bad.reason
+    assert bad.figures["test"]["p_value"] > 0.9
