@@ -57,7 +57,7 @@ def splits(n_questions: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def score_candidates(name: str) -> dict:
+def score_candidates(name: str, only: list[str] | None = None) -> dict:
     """Per-query metrics of the base model on every question, and of each candidate on its pool.
 
     Cached per candidate in bench/.cache/gate_power/<benchmark>.json: an interrupted run resumes.
@@ -71,7 +71,7 @@ def score_candidates(name: str) -> dict:
     wrong = top_wrong(base, bench, qs, "base")
     with tempfile.TemporaryDirectory() as tmp:
         for cname, s, share, epochs, lr, shuffle in PLAN:
-            if cname in out["candidates"]:
+            if cname in out["candidates"] or (only and cname not in only):
                 continue
             t = time.monotonic()
             train, pool = sp[s]
@@ -132,9 +132,11 @@ def promote_rates(serv_pq: list[dict], cand_pq: list[dict], draws: int, settings
     return {r: {n: c / draws for n, c in by_n.items()} for r, by_n in counts.items()}
 
 
-def run(name: str, draws: int) -> dict[str, float]:
+def run(name: str, draws: int, only: list[str] | None = None) -> dict[str, float]:
     t0 = time.monotonic()
-    data = score_candidates(name)
+    data = score_candidates(name, only)
+    if only:
+        data["candidates"] = {c: v for c, v in data["candidates"].items() if c in only}
     with tempfile.TemporaryDirectory() as tmp:
         settings = {m: settings_from_dict({"state_dir": tmp, "gate": {"embedder_metric": m}}, "bench", Path(tmp))
                     for m in ("mrr@10", "ndcg@10", "hit@1", "hit@10")}
@@ -162,7 +164,8 @@ def run(name: str, draws: int) -> dict[str, float]:
             key = "fpr" if truth == "not better" else "power"
             tag = rule.replace("new ", "").replace("today (hit@10)", "today").replace("@", "")
             summary.update({f"{name}_{key}_{tag}_n{n}": round(v, 3) for n, v in zip(NS, vals)})
-    summary.update(share_scenarios(name, data, draws, settings))
+    if {"finetune-40pct", "finetune-25pct"} <= set(data["candidates"]):
+        summary.update(share_scenarios(name, data, draws, settings))
     print(f"{name}: {time.monotonic() - t0:.0f}s")
     return summary
 
@@ -194,11 +197,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--benchmark", nargs="+", default=["examples", "perlfaq"], choices=["examples", "perlfaq"])
     ap.add_argument("--draws", type=int, default=500, help="held-out sets drawn per candidate and n (>= 500)")
+    ap.add_argument("--only", nargs="+", help="train and report only these candidates (names as in PLAN)")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     out: dict[str, float] = {}
     for name in args.benchmark:
-        out.update(run(name, args.draws))
+        out.update(run(name, args.draws, args.only))
     print(" ".join(f"{k}={v}" for k, v in out.items()))
 
 
