@@ -34,8 +34,12 @@ CHUNK_WORDS = 150
 SEED = 20261121
 
 
-def fetch_docs(dest: Path) -> Path:
-    subprocess.run(["apt-get", "download", "python3.11-doc", "debian-faq"], cwd=dest, check=True)
+PACKAGES = ("python3.11-doc", "debian-faq")
+
+
+def fetch_docs(dest: Path, packages: tuple[str, ...] = PACKAGES) -> Path:
+    """Download Debian ``packages`` into ``dest`` and extract them under ``dest``/root."""
+    subprocess.run(["apt-get", "download", *packages], cwd=dest, check=True)
     root = dest / "root"
     for deb in dest.glob("*.deb"):
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
@@ -193,20 +197,28 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=Path, help="root of extracted python3.11-doc and debian-faq packages")
+def build_benchmark(out: Path, source: str, packages: tuple[str, ...], build_from, doc: str, docs_help: str) -> None:
+    """A benchmark builder's command line (``doc``: its module docstring): extract ``packages`` (or --docs),
+    ``build_from`` the tree, then write corpus.jsonl, questions.jsonl and production's feedback.jsonl
+    into ``out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--docs", type=Path, help=docs_help)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        docs = args.docs or fetch_docs(Path(tmp))
-        corpus, questions = build(docs)
-    events = production_log(corpus, questions)
-    write_jsonl(HERE / "corpus.jsonl", corpus)
-    write_jsonl(HERE / "questions.jsonl", questions)
-    write_jsonl(HERE / "feedback.jsonl", events)
+        docs = args.docs or fetch_docs(Path(tmp), packages)
+        corpus, questions = build_from(docs)
+    events = production_log(corpus, questions, source=source)
+    write_jsonl(out / "corpus.jsonl", corpus)
+    write_jsonl(out / "questions.jsonl", questions)
+    write_jsonl(out / "feedback.jsonl", events)
     misses = sum(not set(e["expected_ids"]) & set(e["retrieved_ids"]) for e in events)
     print(f"{len(corpus)} chunks, {len(questions)} questions "
           f"({sum(q['half'] == 'traffic' for q in questions)} traffic), {len(events)} events, {misses} misses")
+
+
+def main() -> None:
+    build_benchmark(HERE, "examples", PACKAGES, build, __doc__,
+                    "root of extracted python3.11-doc and debian-faq packages")
 
 
 if __name__ == "__main__":

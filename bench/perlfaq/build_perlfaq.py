@@ -16,30 +16,19 @@ Writes, next to this script, the same three files as examples/build_examples.py:
 
 from __future__ import annotations
 
-import argparse
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "examples"))
-from build_examples import chunk, halves, production_log, slug, write_jsonl  # noqa: E402
+from build_examples import build_benchmark, chunk, halves, slug  # noqa: E402
 
 POD_DIR = "usr/share/perl/5.36.0/pod"
 FAQS = [f"perlfaq{i}" for i in range(1, 10)]
 MANUALS = ["perlintro", "perlsyn", "perldata", "perlop", "perlsub", "perlre", "perlretut", "perlreftut", "perldsc",
            "perllol", "perlopentut", "perlrequick", "perlmod", "perlootut", "perlobj",
            "perlstyle", "perltrap"]
-
-
-def fetch_docs(dest: Path) -> Path:
-    subprocess.run(["apt-get", "download", "perl-doc"], cwd=dest, check=True)
-    root = dest / "root"
-    for deb in dest.glob("*.deb"):
-        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-    return root
 
 
 def clean_pod(text: str) -> str:
@@ -104,19 +93,7 @@ def build(docs: Path) -> tuple[list[dict], list[dict]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=Path, help="root of an extracted perl-doc package")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        docs = args.docs or fetch_docs(Path(tmp))
-        corpus, questions = build(docs)
-    events = production_log(corpus, questions, source="perlfaq")
-    write_jsonl(HERE / "corpus.jsonl", corpus)
-    write_jsonl(HERE / "questions.jsonl", questions)
-    write_jsonl(HERE / "feedback.jsonl", events)
-    misses = sum(not set(e["expected_ids"]) & set(e["retrieved_ids"]) for e in events)
-    print(f"{len(corpus)} chunks, {len(questions)} questions "
-          f"({sum(q['half'] == 'traffic' for q in questions)} traffic), {len(events)} events, {misses} misses")
+    build_benchmark(HERE, "perlfaq", ("perl-doc",), build, __doc__, "root of an extracted perl-doc package")
 
 
 if __name__ == "__main__":
