@@ -99,17 +99,6 @@ class GateSettings(_Section):
     heldout_max_fraction: float = Field(
         0.5, gt=0.0, lt=1.0, description="the largest share held out while traffic is small, 0..1")
 
-    def ingest_fraction(self) -> float:
-        """Share new queries are provisionally held out at; each cycle returns the surplus to train."""
-        return max(self.heldout_fraction, self.heldout_max_fraction) if self.heldout_target else self.heldout_fraction
-
-    def effective_fraction(self, queries: int) -> float:
-        """Held-out share at ``queries`` distinct real queries: heldout_target / queries, within
-        [heldout_fraction, heldout_max_fraction]. It never rises as traffic grows, so a query only ever
-        moves from held-out to train, never back (a model is never tested on what it was trained on)."""
-        if not self.heldout_target or queries <= 0:
-            return self.ingest_fraction()
-        return min(self.ingest_fraction(), max(self.heldout_fraction, self.heldout_target / queries))
     embedder_metric: _METRIC = Field(
         "mrr@10", description='primary held-out metric for the embedder: "mrr@10" (graded, has power at small n), '
         '"ndcg@10", or "hit@1", "hit@3", "hit@5", "hit@10"')
@@ -130,6 +119,18 @@ class GateSettings(_Section):
         300, ge=0, description="synthetic questions in the guard set (a stable sample); 0: none; each costs "
         "rerank_depth reranker scores per candidate"
     )
+
+    def ingest_fraction(self) -> float:
+        """Share new queries are provisionally held out at; each cycle returns the surplus to train."""
+        return max(self.heldout_fraction, self.heldout_max_fraction) if self.heldout_target else self.heldout_fraction
+
+    def effective_fraction(self, queries: int) -> float:
+        """Held-out share at ``queries`` distinct real queries: heldout_target / queries, within
+        [heldout_fraction, heldout_max_fraction]. It never rises as traffic grows, so a query only ever
+        moves from held-out to train, never back (a model is never tested on what it was trained on)."""
+        if not self.heldout_target or queries <= 0:
+            return self.ingest_fraction()
+        return min(self.ingest_fraction(), max(self.heldout_fraction, self.heldout_target / queries))
 
 
 class QdrantSettings(_Section):

@@ -86,7 +86,7 @@ def decide(kind: str, cand: dict[str, Scores], serv: dict[str, Scores], settings
                "test": {**test.as_dict(), "name": "paired sign-flip, one-sided"}, "queries_needed": needed,
                "guard": {m: t.as_dict() for m, t in guard.items()}, "guard_margin": g.guard_margin,
                "candidate": summary(cand), "serving": summary(serv)}
-    outcome, reason = _rule(metric, test, guard, needed, alpha, g.min_gain)
+    outcome, reason = _rule(metric, test, guard, needed, alpha, g.min_gain, g.guard_margin)
     return outcome, reason, figures, fixed, broken
 
 
@@ -99,7 +99,7 @@ def guard_tests(cand: Scores, serv: Scores, metrics: list[str], margin: float, s
 
 
 def _rule(metric: str, test: PairedTest, guard: dict[str, PairedTest], needed: int | None, alpha: float,
-          min_gain: float) -> tuple[str, str]:
+          min_gain: float, margin: float) -> tuple[str, str]:
     gain = f"heldout {metric} {test.mean:+.4f} over {test.n} queries"
     harmed = [(m, t) for m, t in guard.items() if t.p_value < alpha]
     if harmed:
@@ -112,11 +112,8 @@ def _rule(metric: str, test: PairedTest, guard: dict[str, PairedTest], needed: i
         more = f"~{needed} held-out queries ({needed - test.n} more)" if needed else "more held-out queries"
         return "undecided", (f"{gain} is not significant (p={test.p_value:.3f} >= {alpha}); an effect this size "
                              f"needs {more} at 80% power")
-    return "promote", f"{gain} (p={test.p_value:.4f} < {alpha}); no guard drop beyond {_margin(guard)}"
-
-
-def _margin(guard: dict[str, PairedTest]) -> str:
-    return f"{next(iter(guard.values())).shift} shown" if guard else "the margin (no guard queries)"
+    shown = f"{margin} shown" if guard else "the margin (no guard queries)"
+    return "promote", f"{gain} (p={test.p_value:.4f} < {alpha}); no guard drop beyond {shown}"
 
 
 def gate(engine: Engine, settings: Settings, kind: str, version: int, *, evaluator: Evaluator | None = None) -> Decision:
@@ -158,11 +155,13 @@ def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
         queries = conn.scalar(sa.select(sa.func.count(sa.distinct(pairs_t.c.query_norm))).where(real)) or 0
         held = conn.execute(sa.select(pairs_t.c.id, pairs_t.c.query_norm).where(real, pairs_t.c.split == "heldout")).all()
     share = g.effective_fraction(queries)
-    move = [r.id for r in held if split_position(r.query_norm) >= share]
-    with write_tx(engine) as conn:
-        for i in range(0, len(move), 500):
-            conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
-    kept = len({r.query_norm for r in held if split_position(r.query_norm) < share})
+    stays = {qn: split_position(qn) < share for qn in {r.query_norm for r in held}}
+    move = [r.id for r in held if not stays[r.query_norm]]
+    if move:  # most cycles of a settled deployment move nothing: no write lock for them
+        with write_tx(engine) as conn:
+            for i in range(0, len(move), 500):
+                conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
+    kept = sum(stays.values())
     out = {"queries": queries, "share": round(share, 4), "heldout_queries": kept, "pairs_moved_to_train": len(move)}
     log.info("gate.heldout", **out)
     return out
