@@ -43,18 +43,20 @@ def load(name: str) -> Benchmark:
     return Benchmark(name, d, corpus, questions)
 
 
-def per_query(model, bench: Benchmark, questions: list[dict], key: str, depth: int = 10) -> list[dict[str, float]]:
-    """The gate's six metrics per question, for ``model`` (corpus vectors cached under ``key``)."""
+def ranked(model, bench: Benchmark, questions: list[dict], key: str, depth: int = 20) -> list[list[str]]:
+    """Each question's top ``depth`` chunk ids by ``model`` (corpus vectors cached under ``key``)."""
     emb = corpus_embeddings(model, bench.corpus, CACHE / "embeddings" / bench.name, key)
-    ranked = retrieve(model, bench.corpus, emb, [q["query"] for q in questions], depth)
-    return [query_metrics(r, set(q["expected_ids"])) for r, q in zip(ranked, questions)]
+    return retrieve(model, bench.corpus, emb, [q["query"] for q in questions], depth)
 
 
-def top_wrong(model, bench: Benchmark, questions: list[dict], key: str) -> list[str]:
+def per_query(ranking: list[list[str]], questions: list[dict]) -> list[dict[str, float]]:
+    """The gate's six metrics per question for a ranking."""
+    return [query_metrics(r, set(q["expected_ids"])) for r, q in zip(ranking, questions)]
+
+
+def top_wrong(ranking: list[list[str]], questions: list[dict]) -> list[str]:
     """Each question's top-ranked chunk that is not one of its answers (production's wrong result)."""
-    emb = corpus_embeddings(model, bench.corpus, CACHE / "embeddings" / bench.name, key)
-    ranked = retrieve(model, bench.corpus, emb, [q["query"] for q in questions], 20)
-    return [next(c for c in r if c not in set(q["expected_ids"])) for r, q in zip(ranked, questions)]
+    return [next(c for c in r if c not in set(q["expected_ids"])) for r, q in zip(ranking, questions)]
 
 
 def one_shot_finetune(base: str, rows: list[tuple[str, str, str]], out: Path, *, epochs: float = 3, lr: float = 2e-5,

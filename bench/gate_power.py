@@ -33,7 +33,7 @@ import numpy as np
 import structlog
 import torch
 
-from benchmarks import CACHE, load, one_shot_finetune, per_query, script_rows, top_wrong
+from benchmarks import CACHE, load, one_shot_finetune, per_query, ranked, script_rows, top_wrong
 from daemon.config import settings_from_dict
 from daemon.evaluate import METRICS, Scores
 from daemon.gate import decide
@@ -66,9 +66,9 @@ def score_candidates(name: str, only: list[str] | None = None) -> dict:
     out = json.loads(path.read_text()) if path.exists() else {"candidates": {}}
     bench = load(name)
     qs, sp = bench.questions, splits(len(bench.questions))
-    base = load_embedder(packaged_minilm(), "cpu")
-    out.setdefault("base", per_query(base, bench, qs, "base"))
-    wrong = top_wrong(base, bench, qs, "base")
+    base_ranking = ranked(load_embedder(packaged_minilm(), "cpu"), bench, qs, "base")
+    out.setdefault("base", per_query(base_ranking, qs))
+    wrong = top_wrong(base_ranking, qs)
     with tempfile.TemporaryDirectory() as tmp:
         for cname, s, share, epochs, lr, shuffle in PLAN:
             if cname in out["candidates"] or (only and cname not in only):
@@ -84,7 +84,8 @@ def score_candidates(name: str, only: list[str] | None = None) -> dict:
                 model = load_embedder(str(one_shot_finetune(packaged_minilm(), rows, Path(tmp) / cname, epochs=epochs,
                                                             lr=lr)), "cpu")
             out["candidates"][cname] = {"pool": pool.tolist(), "trained_on": len(train) if share else 0,
-                                        "per_query": per_query(model, bench, [qs[i] for i in pool], cname)}
+                                        "per_query": per_query(ranked(model, bench, [qs[i] for i in pool], cname),
+                                                               [qs[i] for i in pool])}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(out))
             print(f"  {name}: {cname} scored in {time.monotonic() - t:.0f}s", flush=True)
