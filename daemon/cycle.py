@@ -33,7 +33,12 @@ class CycleReport:
     train_pairs: int = 0
     heldout: dict[str, Any] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    # wall time of each stage: {"stage": "mining" | "training" | "gate" | "reindex" | "cycle", "kind", "seconds"}
+    stages: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
+
+    def timed(self, stage: str, kind: str | None, t0: float) -> None:
+        self.stages.append({"stage": stage, "kind": kind, "seconds": round(time.monotonic() - t0, 3)})
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,13 +69,22 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
             report.skipped = "cancelled"
             break
         on_stage(f"training {kind}")
+        t = time.monotonic()
         job = run_job(engine, settings, kind, cancel=cancel)
+        mining_s = job.training.get("mining_s") or 0.0  # inside the training child, before its trainer
+        report.stages += [{"stage": "mining", "kind": kind, "seconds": mining_s},
+                          {"stage": "training", "kind": kind, "seconds": round(time.monotonic() - t - mining_s, 3)}]
         on_stage(f"gating {kind} v{job.version}")
+        t = time.monotonic()
         decision = gate(engine, settings, kind, job.version, evaluator=Evaluator(engine, settings))
+        report.timed("gate", kind, t)
         registry.set_metrics(engine, kind, job.version, decision.figures.get("candidate", {}))
         if decision.promote:
             on_stage(f"promoting {kind} v{job.version}" + (" (re-indexing)" if kind == registry.EMBEDDER else ""))
+            t = time.monotonic()
             _promote(engine, settings, decision)
+            if kind == registry.EMBEDDER:
+                report.timed("reindex", kind, t)
         report.decisions.append({"kind": kind, "version": job.version, "outcome": decision.outcome,
                                  "reason": decision.reason, "decision_id": decision.id})
     return _finish(engine, report, t0)
@@ -92,6 +106,7 @@ def train_pair_count(engine: Engine) -> int:
 
 def _finish(engine: Engine, report: CycleReport, t0: float) -> CycleReport:
     report.duration_s = round(time.monotonic() - t0, 1)
+    report.timed("cycle", None, t0)
     put_state(engine, LAST_CYCLE, report.as_dict())
     log.info("cycle.done", duration_s=report.duration_s, train_pairs=report.train_pairs,
              decisions=[f"{d['kind']} v{d['version']}: {d['outcome']}" for d in report.decisions],

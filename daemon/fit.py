@@ -39,6 +39,7 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     engine = open_store(settings.store_url, migrate=False)
     miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if settings.train.mining.mine else None
     data = assemble(engine, settings, miner)
+    mining_s = time.monotonic() - t0  # loading the miner, mining and assembling
     engine.dispose()
     del miner
     if not data.examples:
@@ -57,6 +58,7 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
             torch.cuda.empty_cache()
             log.warning("train.oom_retry", kind=kind, batch_size=batch)
     training = _describe(job, settings, data, state, device, precision, batch, time.monotonic() - t0)
+    training["mining_s"] = round(mining_s, 2)
     (out / "training.json").write_text(json.dumps(training, indent=2))
     return training
 

@@ -43,7 +43,7 @@ class Daemon:
         self.stage = "starting"
         self.started = time.monotonic()
         self.totals = {"ingest_passes": 0, "events": 0, "cycles": 0, "errors": 0}
-        self.engine = self.lock = self.scheduler = self.metrics = None
+        self.engine = self.lock = self.scheduler = self.metrics = self.metrics_server = None
         self._sigints = 0
         self._forced = False
         self._synth_off: str | None = "unknown"
@@ -58,9 +58,10 @@ class Daemon:
             pass  # reachable (server) or openable (embedded); closed again so search/status can use it
         registry.ensure_base_embedder(self.engine, self.settings)
         if self.settings.service.metrics_addr:
-            from daemon.metrics import serve
+            from daemon.metrics import Metrics, serve
 
-            self.metrics = serve(self.engine, self.settings.service.metrics_addr)
+            self.metrics = Metrics(self.engine)
+            self.metrics_server = serve(self.metrics, self.settings.service.metrics_addr)
         self._heartbeat()
         self._synth_enabled()  # says once whether synthesis is on
         log.info("service.started", pid=os.getpid(), state_dir=str(self.settings.state_dir),
@@ -111,8 +112,8 @@ class Daemon:
                 self._forced = True
                 log.error("service.shutdown_timeout", timeout_s=self.settings.service.shutdown_timeout_s,
                           stage=self.stage)
-        if self.metrics is not None:
-            self.metrics.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         if self.engine is not None:
             self._heartbeat(stopped=True)
         if self.lock is not None:
@@ -173,7 +174,10 @@ class Daemon:
     def ingest(self) -> None:
         """One ingest pass. Never raises: a failure is logged and retried at the next interval."""
         try:
+            t0 = time.monotonic()
             rep = ingest_once(self.engine, self.settings, stop=self.stop)
+            if self.metrics is not None:
+                self.metrics.observe("ingest", time.monotonic() - t0)
             self.totals["ingest_passes"] += 1
             self.totals["events"] += rep.events
         except Exception as exc:  # disk full, store briefly down, ...: back off to the next run
@@ -216,6 +220,8 @@ class Daemon:
             self._set_stage(f"cycle ({reason}): {why}")
             report = run_cycle(self.engine, self.settings, cancel=self.cancel, on_stage=self._set_stage)
             self.totals["cycles"] += 1
+            if self.metrics is not None:
+                self.metrics.observe_cycle(report.stages)
             put_state(self.engine, COUNTERS, {"cycles": (get_state(self.engine, COUNTERS) or {}).get("cycles", 0) + 1})
             log.info("service.cycle", reason=reason, decisions=report.decisions, duration_s=report.duration_s)
         except TrainCancelled:
