@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     qr = quar.add_parser("retry", help="re-validate quarantined lines (e.g. after loading missing chunks)")
     qr.add_argument("ids", nargs="*", type=int, help="quarantine ids (default: all unresolved)")
 
+    rp = sub.add_parser("report", help="one self-contained HTML page: miss rate over time, held-out quality per "
+                        "model version, the gate's decisions, the queries that still miss")
+    rp.add_argument("-o", "--output", default="report.html", help="where to write the page (default: report.html)")
+    rp.add_argument("--top-misses", type=int, default=25, help="how many still-missing queries to list")
     st = sub.add_parser("status", help="counts of events, pairs, quarantine and log files")
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts and monitoring")
 
@@ -116,7 +120,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db,
                "index": _index, "search": _search, "train": _train, "cycle": _cycle, "promote": _promote,
                "rollback": _rollback, "models": _models, "eval": _eval, "check": _check,
-               "synth": _synth}
+               "synth": _synth, "report": _report}
     try:
         return handler[args.cmd](args, settings, engine)
     finally:
@@ -179,6 +183,15 @@ def _train(args, settings, engine) -> int:
         t = r.training
         print(f"{kind} v{r.version} (candidate) at {r.path}: {t['steps']} steps on {t['device']}/{t['precision']} "
               f"from {t['base']}, {t['pairs']['total']} pairs, final loss {t['final_loss']}, {t['duration_s']:.0f}s")
+    return 0
+
+
+def _report(args, settings, engine) -> int:
+    from daemon.report import build_report
+
+    out = Path(args.output)
+    out.write_text(build_report(engine, top_misses=args.top_misses), encoding="utf-8")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser)")
     return 0
 
 

@@ -165,6 +165,18 @@ def small_feedback_store(engine, settings, tmp_path, n_questions: int = 30, dist
     ingest_once(engine, settings)
 
 
+@pytest.fixture
+def store(settings, engine, tmp_path):
+    """Settings of a small real store (60 example questions ingested), with 2-step training jobs."""
+    settings.gate.min_heldout = 3
+    settings.train.device = "cpu"
+    for kind in ("embedder", "reranker"):
+        getattr(settings.train, kind).max_steps = 2
+        getattr(settings.train, kind).batch_size = 4
+    small_feedback_store(engine, settings, tmp_path, n_questions=60)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def damaged_minilm(tmp_path_factory) -> str:
     """MiniLM with heavy noise added to every weight: a deliberately broken embedder."""

@@ -19,17 +19,6 @@ from daemon.store import open_store
 from daemon.train import run_job
 
 
-@pytest.fixture
-def store(settings, engine, tmp_path):
-    settings.gate.min_heldout = 3
-    settings.train.device = "cpu"
-    for kind in ("embedder", "reranker"):
-        getattr(settings.train, kind).max_steps = 2
-        getattr(settings.train, kind).batch_size = 4
-    small_feedback_store(engine, settings, tmp_path, n_questions=60)
-    return settings
-
-
 def _alias(settings):
     c = QdrantClient(path=str(settings.qdrant_path))
     try:
