@@ -9,6 +9,7 @@ both against what is served.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -120,17 +121,19 @@ class StoreCollector(Collector):
         gd = GateDecision.__table__
         with self.engine.connect() as conn:
             decided = conn.execute(sa.select(gd.c.kind, gd.c.outcome, sa.func.count()).group_by(gd.c.kind, gd.c.outcome)).all()
-            last_ids = sa.select(sa.func.max(gd.c.id)).group_by(gd.c.kind)
-            last = conn.execute(sa.select(gd.c.kind, gd.c.figures).where(gd.c.id.in_(last_ids))).all()
+            recent = conn.execute(sa.select(gd.c.kind, gd.c.figures).order_by(gd.c.id.desc()).limit(50)).all()
         total = CounterMetricFamily("ragloop_gate_decisions", "Gate decisions by kind and outcome.", labels=["kind", "outcome"])
         for kind, outcome, n in decided:
             total.add_metric([kind, outcome], n)
         yield total
-        gain = GaugeMetricFamily("ragloop_gate_last_gain", "Held-out gain of the last gate decision on its primary metric, by kind.",
-                                 labels=["kind", "metric"])
-        for kind, figures in last:
-            if figures.get("gain") is not None:
-                gain.add_metric([kind, figures.get("metric", "")], figures["gain"])
+        gain = GaugeMetricFamily("ragloop_gate_last_gain", "Held-out gain of the last scored gate decision on its "
+                                 "primary metric, by kind.", labels=["kind", "metric"])
+        seen: set[str] = set()
+        for kind, figures in recent:  # newest first; a refusal has no gain: the decision before it counts
+            figures = json.loads(figures) if isinstance(figures, str) else figures or {}
+            if kind not in seen and figures.get("gain") is not None:
+                seen.add(kind)
+                gain.add_metric([kind, str(figures.get("metric", "")).removeprefix("heldout ")], figures["gain"])
         yield gain
 
 

@@ -1,6 +1,5 @@
 """`ragloop report`: the page from a real store, rendered by a real headless Chromium."""
 
-import json
 import os
 import re
 import shutil
@@ -13,6 +12,7 @@ import sqlalchemy as sa
 
 from daemon import registry
 from daemon.gate import gate
+from daemon.metrics import render
 from daemon.report import build_report, still_missing
 
 
@@ -44,6 +44,9 @@ def test_report_from_a_real_store_has_every_section(store, engine, damaged_minil
         last_kind = dict(conn.execute(sa.text("SELECT query, kind FROM feedback_events ORDER BY id")).all())
     assert {m["query"] for m in missing} == {q for q, k in last_kind.items() if k == "miss"}
     assert all(m["misses"] >= 1 for m in missing)
+    # the daemon's gauge of the last scored decision: the rejection (the refusal after it has no gain)
+    gain = re.search(r'^ragloop_gate_last_gain\{kind="embedder",metric="mrr@10"\} (\S+)$', render(engine), re.M)
+    assert gain and float(gain.group(1)) < -0.3
 
 
 def _png_size_and_colors(png: bytes) -> tuple[int, int, int]:
