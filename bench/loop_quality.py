@@ -1,15 +1,17 @@
-"""Does the loop help? Unseen-question quality before and after one `ragloop cycle` on a real benchmark.
+"""Does the loop help? Unseen-question quality of what serves after `ragloop cycle`s on a real benchmark.
 
-    python bench/loop_quality.py [--benchmark examples|perlfaq] [--epochs 1] [--lr 2e-5]
+    python bench/loop_quality.py [--benchmark examples|perlfaq] [--kinds embedder] [--waves 3] [--report r.html]
 
-The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. Production is
-simulated with the base model: for every traffic question it retrieves the top 10 over the whole corpus
-and logs the event (hit or miss) in the v1 format. ragloop ingests that log and runs one cycle (train
-embedder and reranker, gate each against what serves, promote, re-index). Then the unseen half, which
-no stage ever saw, is scored for: the base embedder; the embedder serving after the cycle (and the
-trained candidate, when the gate kept it out); and that embedder with the reranker (serving, or the
-candidate when it was not promoted). The last line is machine-readable; its serving_* figures are those
-of what serves after the run (the serving embedder, with the serving reranker if one was promoted).
+The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. The traffic
+arrives in --waves consecutive waves, one day each: production (the embedder serving at that moment; the
+packaged MiniLM at first) retrieves the top 10 over the whole corpus for every question of the wave and
+logs the event (hit or miss) in the v1 format; ragloop ingests the log and runs one cycle (train, gate
+against what serves, promote, re-index). After each wave the unseen half, which no stage ever saw, is
+scored for: the base embedder; what serves (and the candidate, when the gate kept it out); the reranker
+pipeline when the reranker is trained; and the peer, the one-shot script (bench/benchmarks.py: MNRL,
+3 epochs, lr 2e-5, batch 16) fine-tuned on every traffic question so far with production's top wrong chunk
+as its negative. The last line is machine-readable: serving_* is what serves after the last wave,
+script_* the script after the last wave.
 """
 
 from __future__ import annotations
@@ -37,18 +39,27 @@ from daemon.store import open_store
 from benchmarks import DIRS
 
 
-def simulate_production(model, corpus: Corpus, traffic: list[dict], log_path: Path) -> tuple[int, int]:
-    emb = corpus_embeddings(model, corpus, None, "base")
-    ranked = retrieve(model, corpus, emb, [q["query"] for q in traffic], 10)
-    t0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
+def log_wave(model, key: str, corpus: Corpus, cache: Path, wave: list[dict], day: int, log_path: Path,
+             wrong: dict[str, str]) -> int:
+    """Production (``model``, what serves now) answers one wave of traffic on day ``day``; the events are
+    appended to the log. Returns the misses; records each question's top wrong chunk in ``wrong``."""
+    emb = corpus_embeddings(model, corpus, cache, key)
+    ranked = retrieve(model, corpus, emb, [q["query"] for q in wave], 10)
+    t0 = datetime(2026, 11, 20, tzinfo=timezone.utc) + timedelta(days=day)
     misses = 0
-    with log_path.open("w") as fh:
-        for i, (q, top) in enumerate(zip(traffic, ranked)):
+    with log_path.open("a") as fh:
+        for i, (q, top) in enumerate(zip(wave, ranked)):
             misses += not set(q["expected_ids"]) & set(top)
+            wrong.setdefault(q["query"], next((c for c in top if c not in q["expected_ids"]), top[-1]))
             fh.write(json.dumps({"ts": (t0 + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
                                  "query": q["query"], "expected_ids": q["expected_ids"], "retrieved_ids": top,
                                  "source": "loop_quality"}) + "\n")
-    return len(traffic), misses
+    return misses
+
+
+def waves_of(traffic: list[dict], n: int) -> list[list[dict]]:
+    """``n`` consecutive waves of the traffic half, in its fixed order."""
+    return [traffic[i * len(traffic) // n:(i + 1) * len(traffic) // n] for i in range(n)]
 
 
 def main() -> None:
@@ -56,6 +67,9 @@ def main() -> None:
     ap.add_argument("--benchmark", choices=sorted(DIRS), default="examples", help="which real FAQ benchmark")
     ap.add_argument("--kinds", nargs="+", choices=("embedder", "reranker"), default=["embedder", "reranker"],
                     help="what the cycle trains (the cold-start reranker costs ~7 CPU minutes and is never promoted)")
+    ap.add_argument("--waves", type=int, default=1, help="feed the traffic in this many waves, one day and one cycle each")
+    ap.add_argument("--no-script", action="store_true", help="skip the one-shot script peer (one fine-tune per wave)")
+    ap.add_argument("--report", type=Path, default=None, help="write `ragloop report` of the run's store here")
     ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
@@ -89,38 +103,108 @@ def main() -> None:
                                        "gate": gate, "synth": {"model": "SmolLM2-135M-Instruct.Q4_1",
                                                                "run_token_budget": 0, "daily_token_budget": 0}},
                                       "bench", base_dir=work)
-        print(f"benchmark {args.benchmark}; settings: train {train}, gate {gate}, synth {args.synth}")
+        print(f"benchmark {args.benchmark}; settings: train {train}, gate {gate}, synth {args.synth}; "
+              f"{args.waves} wave(s)")
         engine = open_store(settings.store_url)
         load_corpus(engine, data / "corpus.jsonl")
         corpus = Corpus(engine)
+        cache = settings.state_dir / "cache" / "embeddings"
         base = load_embedder(packaged_minilm(), device)
-        n, misses = simulate_production(base, corpus, traffic, work / "feedback.jsonl")
-        ingest_once(engine, settings)
-        print(f"corpus {len(corpus.ids)} chunks; traffic {n} questions logged ({misses} misses); unseen {len(unseen)}")
         if args.synth == "smollm2":
             synthesize_offline(engine, settings, args.synth_cache)
-        t = time.monotonic()
-        report = run_cycle(engine, settings, kinds=tuple(args.kinds))
-        cycle_s = time.monotonic() - t
-        h = report.heldout
-        print(f"held-out: {h['heldout_queries']} of {h['queries']} traffic queries (share {h['share']})")
-        for d in report.decisions:
-            print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
-        rows, flags = evaluate_unseen(engine, settings, corpus, base, unseen)
+        wrong: dict[str, str] = {}
+        per_wave, hits_after, cycle_times = [], [], []
+        for w, wave in enumerate(waves_of(traffic, args.waves)):
+            model, key, label = serving_model(engine, settings, base)
+            misses = log_wave(model, key, corpus, cache, wave, w, work / "feedback.jsonl", wrong)
+            ingest_once(engine, settings)
+            print(f"\nwave {w + 1}/{args.waves}: {len(wave)} traffic questions logged by {label} ({misses} misses); "
+                  f"corpus {len(corpus.ids)} chunks; unseen {len(unseen)}")
+            t = time.monotonic()
+            report = run_cycle(engine, settings, kinds=tuple(args.kinds))
+            cycle_times.append(time.monotonic() - t)
+            h = report.heldout
+            print(f"held-out: {h['heldout_queries']} of {h['queries']} traffic queries (share {h['share']}); "
+                  f"cycle {cycle_times[-1]:.0f}s")
+            for d in report.decisions:
+                print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
+            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
+            seen = [q for q in traffic if q["query"] in wrong]
+            if not args.no_script:
+                rows[f"one-shot script on {len(seen)} traffic questions"] = script_unseen(
+                    corpus, seen, wrong, unseen, work / f"script-{w}", device)
+            per_wave.append((rows, flags))
+            hits_after.append(serving_pq)
+            print_rows(rows)
+        if args.report is not None:
+            from daemon.report import build_report
+
+            args.report.write_text(build_report(engine), encoding="utf-8")
+            print(f"report: {args.report}")
         engine.dispose()
-    print(f"\nunseen questions ({len(unseen)}), {device}; cycle {cycle_s:.0f}s, total {time.monotonic() - t_start:.0f}s")
-    print(f"{'model':44s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}")
-    for name, m in rows.items():
-        print(f"{name:44s} {m['hit@1']:6.3f} {m['hit@3']:6.3f} {m['hit@5']:6.3f} {m['hit@10']:6.3f} {m['mrr@10']:6.3f}")
+    rows, flags = per_wave[-1]
+    if args.waves > 1:
+        print_waves(per_wave, hits_after, unseen)
+    print(f"\nunseen questions ({len(unseen)}), {device}; cycles {', '.join(f'{c:.0f}s' for c in cycle_times)}, "
+          f"total {time.monotonic() - t_start:.0f}s")
+    print_rows(rows)
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
     sv = p if flags["promoted_reranker"] else e
+    sc = next((m for name, m in rows.items() if name.startswith("one-shot script")), None)
+    script = (f"script_hit1={sc['hit@1']:.3f} script_hit5={sc['hit@5']:.3f} script_hit10={sc['hit@10']:.3f} "
+              f"script_mrr10={sc['mrr@10']:.3f} ") if sc else ""
     print(f"base_hit10={b['hit@10']:.3f} embedder_hit10={e['hit@10']:.3f} base_hit1={b['hit@1']:.3f} "
           f"embedder_hit1={e['hit@1']:.3f} pipeline_hit1={p['hit@1']:.3f} pipeline_hit10={p['hit@10']:.3f} "
           f"base_mrr10={b['mrr@10']:.3f} pipeline_mrr10={p['mrr@10']:.3f} "
           f"serving_hit1={sv['hit@1']:.3f} serving_hit5={sv['hit@5']:.3f} serving_hit10={sv['hit@10']:.3f} "
-          f"serving_mrr10={sv['mrr@10']:.3f} base_hit5={b['hit@5']:.3f} "
+          f"serving_mrr10={sv['mrr@10']:.3f} base_hit5={b['hit@5']:.3f} {script}"
           f"promoted_embedder={flags['promoted_embedder']} promoted_reranker={flags['promoted_reranker']} "
-          f"benchmark={args.benchmark} cycle_s={cycle_s:.0f} device={device}")
+          f"waves={args.waves} benchmark={args.benchmark} cycle_s={cycle_times[-1]:.0f} device={device}")
+
+
+def serving_model(engine, settings, base):
+    """(model, embedding-cache key, label) of the embedder that serves now."""
+    serving = registry.serving(engine, "embedder")
+    if serving is None or serving["version"] == 0:
+        return base, "embedder-v0", "the base embedder"
+    return (load_embedder(serving["path"], settings.train.device), f"embedder-v{serving['version']}",
+            f"embedder v{serving['version']}")
+
+
+def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unseen: list[dict], out: Path,
+                  device: str) -> dict[str, float]:
+    """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored on the unseen half."""
+    from benchmarks import one_shot_finetune
+
+    rows = [(q["query"], corpus.text_of[p], corpus.text_of[wrong[q["query"]]]) for q in seen for p in q["expected_ids"]]
+    model = load_embedder(str(one_shot_finetune(packaged_minilm(), rows, out)), device)
+    emb = corpus_embeddings(model, corpus, None, "script")
+    return score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
+                 [set(q["expected_ids"]) for q in unseen]).mean()
+
+
+def print_rows(rows: dict[str, dict[str, float]]) -> None:
+    print(f"{'model (unseen questions)':52s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}")
+    for name, m in rows.items():
+        print(f"{name:52s} {m['hit@1']:6.3f} {m['hit@3']:6.3f} {m['hit@5']:6.3f} {m['hit@10']:6.3f} {m['mrr@10']:6.3f}")
+
+
+def print_waves(per_wave, hits_after, unseen: list[dict]) -> None:
+    """What serves after each wave, beside the script on the same traffic; and who regressed since wave 1."""
+    print(f"\n{'after wave':10s} {'serving':28s} {'hit@1':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}   "
+          f"{'script hit@1':>12s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}")
+    for w, (rows, flags) in enumerate(per_wave):
+        sv = rows[flags["pipeline_row"] if flags["promoted_reranker"] else flags["embedder_row"]]
+        sc = next((m for name, m in rows.items() if name.startswith("one-shot script")), None)
+        script = f"{sc['hit@1']:12.3f} {sc['hit@5']:6.3f} {sc['hit@10']:6.3f} {sc['mrr@10']:6.3f}" if sc else ""
+        print(f"{w + 1:<10d} {flags['embedder_row'][:28]:28s} {sv['hit@1']:6.3f} {sv['hit@5']:6.3f} {sv['hit@10']:6.3f} "
+              f"{sv['mrr@10']:6.3f}   {script}")
+    first, last = hits_after[0], hits_after[-1]
+    for m in ("hit@1", "hit@10"):
+        lost = sum(1 for a, b in zip(first, last) if a[m] and not b[m])
+        won = sum(1 for a, b in zip(first, last) if b[m] and not a[m])
+        print(f"unseen questions at {m} after wave 1 but not after the last: {lost} regressed, {won} gained "
+              f"(of {len(unseen)})")
 
 
 def synthesize_offline(engine, settings, cache: Path) -> None:
@@ -173,7 +257,7 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         pipe_row = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']} {label}"
         rows[pipe_row] = score(rerank(load_reranker(rr["path"], settings), corpus, queries, emb_ranked), relevant).mean()
     return rows, {"embedder_row": emb_row, "pipeline_row": pipe_row, "promoted_embedder": promoted_embedder,
-                  "promoted_reranker": promoted_reranker}
+                  "promoted_reranker": promoted_reranker}, score(emb_ranked, relevant).per_query
 
 
 def _latest(engine, kind: str):

@@ -160,7 +160,7 @@ def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(stor
     job = run_job(engine, store, "reranker")
     d = gate(engine, store, "reranker", job.version)
     assert d.serving is None and d.outcome in ("promote", "reject")
-    assert "mrr@10" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
+    assert "ndcg@10" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
     registry.promote(engine, store, "reranker", job.version, forced=True)
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["reranker"]["version"] == job.version and manifest["collection"] == "chunks__v1"
@@ -263,9 +263,10 @@ def test_at_the_examples_traffic_the_gate_decides_on_evidence_not_on_one_query(e
     """Real fine-tunes at the examples' traffic (132 questions; 63 held out at the small-traffic share).
 
     Measured here, and stated as such: the script's fine-tune lifts held-out hit@3 and hit@10 by ~3 points
-    but MRR@10 by only +0.009 on these 63 queries (p~0.39), so the gate must not promote it, and must not
-    blame its guard either. The shuffled-label fine-tune (21 steps) costs only -0.005 here, and is
-    rejected. bench/gate_power.py gives the odds over many held-out draws (README).
+    but the graded gate metric by less than 0.03 on these 63 queries (MRR@10 +0.009, p~0.39), so the gate
+    must not promote it, and must not blame its guard either. The shuffled-label fine-tune (21 steps) moves
+    nDCG@10 by only +0.0056 here (MRR@10 -0.005), which is no gain worth a promotion: it is rejected.
+    bench/gate_power.py gives the odds over many held-out draws (README).
     """
     settings, engine, heldout = examples_store
     assert heldout["share"] == 0.5 and heldout["heldout_queries"] >= 50  # the small-traffic share
@@ -275,5 +276,5 @@ def test_at_the_examples_traffic_the_gate_decides_on_evidence_not_on_one_query(e
     assert good.outcome != "promote" and good.figures["test"]["p_value"] > 0.2, good.reason
     assert "guard" not in good.reason and all(t["p_value"] > 0.05 for t in good.figures["guard"].values())
     bad = gate(engine, settings, "embedder", _fine_tune(engine, settings, tmp_path / "bad", shuffled=True))
-    assert bad.outcome == "reject" and bad.figures["gain"] < 0 < good.figures["gain"], bad.reason
-    assert bad.figures["test"]["p_value"] > 0.5
+    assert bad.outcome == "reject" and bad.figures["gain"] < settings.gate.min_gain, bad.reason
+    assert "too small" in bad.reason or "guard" in bad.reason

@@ -45,7 +45,7 @@ def test_report_from_a_real_store_has_every_section(store, engine, damaged_minil
     assert {m["query"] for m in missing} == {q for q, k in last_kind.items() if k == "miss"}
     assert all(m["misses"] >= 1 for m in missing)
     # the daemon's gauge of the last scored decision: the rejection (the refusal after it has no gain)
-    gain = re.search(r'^ragloop_gate_last_gain\{kind="embedder",metric="mrr@10"\} (\S+)$', render(engine), re.M)
+    gain = re.search(r'^ragloop_gate_last_gain\{kind="embedder",metric="ndcg@10"\} (\S+)$', render(engine), re.M)
     assert gain and float(gain.group(1)) < -0.3
 
 
