@@ -9,7 +9,6 @@ both against what is served.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -28,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.logline import UNKNOWN_ID
 from daemon.status import collect_status
-from daemon.store import COUNTERS, GateDecision, Quarantine, get_state
+from daemon.store import COUNTERS, GateDecision, Quarantine, decision_figures, get_state, primary_metric
 
 log = structlog.get_logger(__name__)
 
@@ -130,10 +129,10 @@ class StoreCollector(Collector):
                                  "primary metric, by kind.", labels=["kind", "metric"])
         seen: set[str] = set()
         for kind, figures in recent:  # newest first; a refusal has no gain: the decision before it counts
-            figures = json.loads(figures) if isinstance(figures, str) else figures or {}
+            figures = decision_figures(figures)
             if kind not in seen and figures.get("gain") is not None:
                 seen.add(kind)
-                gain.add_metric([kind, str(figures.get("metric", "")).removeprefix("heldout ")], figures["gain"])
+                gain.add_metric([kind, primary_metric(figures)], figures["gain"])
         yield gain
 
 

@@ -8,7 +8,6 @@ plotly figures; plotly.js is inlined once, so the page needs no server and no ne
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from datetime import date, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from daemon.store import EventCount, FeedbackEvent, GateDecision, utcnow
+from daemon.store import EventCount, FeedbackEvent, GateDecision, decision_figures, primary_metric, utcnow
 
 OUTCOME_STYLE = {"promote": ("#2ca02c", "star"), "forced": ("#17becf", "star"), "reject": ("#d62728", "x"),
                  "refuse": ("#000000", "square"), "undecided": ("#7f7f7f", "circle-open")}
@@ -56,10 +55,10 @@ def gate_decisions(engine: Engine) -> list[dict[str, Any]]:
         rows = conn.execute(sa.select(gd).order_by(gd.c.id)).mappings().all()
     out = []
     for r in rows:
-        f = json.loads(r["figures"]) if isinstance(r["figures"], str) else (r["figures"] or {})
+        f = decision_figures(r["figures"])
         out.append({"kind": r["kind"], "candidate": r["candidate_version"], "serving": r["serving_version"],
                     "outcome": r["outcome"], "reason": r["reason"], "at": r["created_at"],
-                    "metric": str(f.get("metric", "")).removeprefix("heldout "), "gain": f.get("gain"),
+                    "metric": primary_metric(f), "gain": f.get("gain"),
                     "p_value": (f.get("test") or {}).get("p_value"),
                     "cand": (f.get("candidate") or {}).get("heldout") or {},
                     "serv": (f.get("serving") or {}).get("heldout") or {}})

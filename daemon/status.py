@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import timedelta
 from typing import Any
@@ -11,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, PendingPairs,
-                           Quarantine, TrainingPair, HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
+                           Quarantine, TrainingPair, decision_figures, HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -191,7 +190,7 @@ def _render_daemon(d: dict[str, Any]) -> str:
 
 def _before_after(figures: Any) -> dict[str, Any] | None:
     """Held-out figures of serving and candidate in a stored decision (JSON text on some backends)."""
-    figures = json.loads(figures) if isinstance(figures, str) else figures or {}
+    figures = decision_figures(figures)
     if "candidate" not in figures:
         return None
     pick = ("hit@1", "hit@10", "mrr@10", "queries")

@@ -7,6 +7,7 @@ store in place and never drops pairs.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -182,6 +183,16 @@ class GateDecision(SQLModel, table=True):
     broken: list[str] = Field(sa_column=Column(JSON, nullable=False))
     eval_pair_ids: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+def decision_figures(value: Any) -> dict[str, Any]:
+    """A stored `gate_decisions.figures` as a dict (raw SQL on some backends returns JSON columns as text)."""
+    return json.loads(value) if isinstance(value, str) else value or {}
+
+
+def primary_metric(figures: dict[str, Any]) -> str:
+    """The decision's primary metric without its set, e.g. "ndcg@10" for "heldout ndcg@10"."""
+    return str(figures.get("metric", "")).removeprefix("heldout ")
 
 
 class SynthRecord(SQLModel, table=True):
