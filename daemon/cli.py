@@ -190,7 +190,11 @@ def _report(args, settings, engine) -> int:
     from daemon.report import build_report
 
     out = Path(args.output)
-    out.write_text(build_report(engine, top_misses=args.top_misses), encoding="utf-8")
+    page = build_report(engine, top_misses=args.top_misses)
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise RagloopError(f"cannot write the report to {out}: {exc.strerror}; pass -o with a writable path") from None
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser)")
     return 0
 

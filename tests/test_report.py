@@ -82,3 +82,15 @@ def test_report_renders_in_headless_chromium_without_errors(store, engine, damag
     assert shot.returncode == 0, shot.stderr[-2000:]
     width, height, colors = _png_size_and_colors((tmp_path / "report.png").read_bytes())
     assert (width, height) == (1280, 2200) and colors > 50  # a drawn page, not a blank one
+
+
+def test_report_command_writes_the_page_and_says_what_to_fix_on_a_bad_path(tmp_path, capsys):
+    from daemon.cli import main
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    assert main(["-c", str(cfg), "report", "-o", str(tmp_path / "r.html")]) == 0
+    assert "ragloop report" in (tmp_path / "r.html").read_text() and "self-contained" in capsys.readouterr().out
+    assert main(["-c", str(cfg), "report", "-o", str(tmp_path / "missing" / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write the report to" in err and "pass -o with a writable path" in err
