@@ -2,7 +2,10 @@
 
 Sources (Debian packages, fetched with `apt-get download` unless --docs points at an extracted tree):
   - python3.11-doc: the Python FAQ (faq/*.rst) and the Python tutorial (tutorial/*.rst);
-  - debian-faq: the Debian FAQ (plain text).
+  - debian-faq: the Debian FAQ (plain text);
+  - zsh-doc, python-django-doc, r-doc-html, sqlite3-doc: the Zsh, Django, R and SQLite FAQs (HTML), and
+    pages of each project's manual on the same topics, as a helpdesk corpus holds both (so a question
+    competes with reference text that shares its words, as production's questions do).
 
 Writes, next to this script:
   corpus.jsonl     FAQ answers and tutorial sections, chunked to ~150 words: {"id", "text", "doc", "metadata"}
@@ -29,12 +32,14 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import html_faqs
+
 HERE = Path(__file__).resolve().parent
 CHUNK_WORDS = 150
 SEED = 20261121
 
 
-PACKAGES = ("python3.11-doc", "debian-faq")
+PACKAGES = ("python3.11-doc", "debian-faq", "zsh-doc", "python-django-doc", "r-doc-html", "sqlite3-doc")
 
 
 def fetch_docs(dest: Path, packages: tuple[str, ...] = PACKAGES) -> Path:
@@ -133,6 +138,7 @@ def build(docs: Path) -> tuple[list[dict], list[dict]]:
     faq_sets = [(f"python-faq/{p.name.split('.')[0]}", rst_sections(p, "-"))
                 for p in sorted((pydoc / "faq").glob("*.rst.txt")) if p.name != "index.rst.txt"]
     faq_sets.append(("debian-faq", debian_faq_sections(docs / "usr/share/doc/debian/FAQ/debian-faq.en.txt.gz")))
+    faq_sets += html_faqs.faq_sets(docs)
     for doc, sections in faq_sets:
         for title, body in sections:
             if len(body.split()) < 15 or not title.endswith("?"):
@@ -143,9 +149,10 @@ def build(docs: Path) -> tuple[list[dict], list[dict]]:
                 corpus.append({"id": cid, "text": text, "doc": doc, "metadata": {"section": title, "part": i}})
                 ids.append(cid)
             questions.append({"query": title, "expected_ids": ids, "doc": doc})
-    for p in sorted((pydoc / "tutorial").glob("*.rst.txt")):
-        doc = f"python-tutorial/{p.name.split('.')[0]}"
-        for title, body in rst_sections(p, "="):
+    reference = [(f"python-tutorial/{p.name.split('.')[0]}", rst_sections(p, "="))
+                 for p in sorted((pydoc / "tutorial").glob("*.rst.txt"))]
+    for doc, sections in reference + html_faqs.manual_sets(docs):
+        for title, body in sections:
             for i, text in enumerate(chunk(body)):
                 if len(text.split()) >= 20:
                     corpus.append({"id": f"{doc.replace('/', ':')}:{slug(title)}:{i}", "text": text, "doc": doc,
