@@ -202,7 +202,7 @@ def test_heldout_share_is_larger_while_traffic_is_small_and_only_ever_returns_qu
 
 @pytest.fixture(scope="module")
 def examples_store(tmp_path_factory):
-    """The examples as production logged them (724 chunks, 132 traffic questions), ingested and split as a
+    """The examples as production logged them (1,821 chunks, 223 traffic questions), ingested and split as a
     first cycle splits them, with the packaged MiniLM serving. SQLite: this is about the decision."""
     from conftest import EXAMPLES
 
@@ -258,23 +258,20 @@ def _fine_tune(engine, settings, tmp_path, *, shuffled: bool) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # two real 3-epoch fine-tunes and three encodes of the 724-chunk corpus on a CPU
-def test_at_the_examples_traffic_the_gate_decides_on_evidence_not_on_one_query(examples_store, tmp_path):
-    """Real fine-tunes at the examples' traffic (132 questions; 63 held out at the small-traffic share).
+@pytest.mark.timeout(2400)  # two real 3-epoch fine-tunes and three encodes of the 1,821-chunk corpus on a CPU
+def test_at_the_examples_traffic_the_gate_promotes_a_real_fine_tune_and_rejects_a_broken_one(examples_store, tmp_path):
+    """Real fine-tunes at the examples' traffic (222 distinct questions; ~97 held out at the small-traffic share).
 
-    Measured here, and stated as such: the script's fine-tune lifts held-out hit@3 and hit@10 by ~3 points
-    but the graded gate metric by less than 0.03 on these 63 queries (MRR@10 +0.009, p~0.39), so the gate
-    must not promote it, and must not blame its guard either. The shuffled-label fine-tune (21 steps) moves
-    nDCG@10 by only +0.0056 here (MRR@10 -0.005), which is no gain worth a promotion: it is rejected.
-    bench/gate_power.py gives the odds over many held-out draws (README).
+    The script's fine-tune (trained on the train split only) is promoted on the evidence of the paired test,
+    and no guard query vetoes it; the shuffled-label fine-tune is rejected. bench/gate_power.py gives the
+    odds of these outcomes over many held-out draws (README).
     """
     settings, engine, heldout = examples_store
-    assert heldout["share"] == 0.5 and heldout["heldout_queries"] >= 50  # the small-traffic share
+    assert 0.4 < heldout["share"] <= 0.5 and heldout["heldout_queries"] >= 90  # the small-traffic share
     good = gate(engine, settings, "embedder", _fine_tune(engine, settings, tmp_path / "good", shuffled=False))
     cand, serv = good.figures["candidate"]["heldout"], good.figures["serving"]["heldout"]
-    assert cand["hit@10"] > serv["hit@10"] and 0 < good.figures["gain"] < 0.03
-    assert good.outcome != "promote" and good.figures["test"]["p_value"] > 0.2, good.reason
-    assert "guard" not in good.reason and all(t["p_value"] > 0.05 for t in good.figures["guard"].values())
+    assert good.outcome == "promote", good.reason
+    assert cand["ndcg@10"] > serv["ndcg@10"] and good.figures["test"]["p_value"] < 0.05
+    assert good.broken, "some held-out queries got worse, and that alone must not veto"
     bad = gate(engine, settings, "embedder", _fine_tune(engine, settings, tmp_path / "bad", shuffled=True))
     assert bad.outcome == "reject" and bad.figures["gain"] < settings.gate.min_gain, bad.reason
-    assert "too small" in bad.reason or "guard" in bad.reason
