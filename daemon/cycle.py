@@ -2,6 +2,10 @@
 
 held-out share -> mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
      -> train reranker -> gate against the now-serving embedder -> (promote: manifest)
+
+A cold-start reranker (no configured base, none serving) is not trained below train.reranker.min_pairs
+train pairs: it cannot win there, and would cost minutes of every cycle. The cycle logs `train.skipped`
+and records why in its report, which `ragloop status` shows.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from daemon.evaluate import Evaluator
 from daemon.gate import Decision, gate, rebalance_heldout
 from daemon.index import build_index, serving_collection
 from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
-from daemon.train import run_job
+from daemon.train import cold_start_skip, run_job
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +40,8 @@ class CycleReport:
     # wall time of each stage: {"stage": "mining" | "training" | "gate" | "reindex" | "cycle", "kind", "seconds"}
     stages: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
+    # kinds this cycle chose not to train, with why: {"kind", "reason"}
+    not_trained: list[dict[str, str]] = field(default_factory=list)
 
     def timed(self, stage: str, kind: str | None, t0: float) -> None:
         self.stages.append({"stage": stage, "kind": kind, "seconds": round(time.monotonic() - t0, 3)})
@@ -68,6 +74,11 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
         if cancel is not None and cancel.is_set():
             report.skipped = "cancelled"
             break
+        why_not = cold_start_skip(engine, settings, kind, report.train_pairs)
+        if why_not:
+            log.info("train.skipped", kind=kind, reason=why_not, train_pairs=report.train_pairs)
+            report.not_trained.append({"kind": kind, "reason": why_not})
+            continue
         on_stage(f"training {kind}")
         t = time.monotonic()
         job = run_job(engine, settings, kind, cancel=cancel)
@@ -110,5 +121,5 @@ def _finish(engine: Engine, report: CycleReport, t0: float) -> CycleReport:
     put_state(engine, LAST_CYCLE, report.as_dict())
     log.info("cycle.done", duration_s=report.duration_s, train_pairs=report.train_pairs,
              decisions=[f"{d['kind']} v{d['version']}: {d['outcome']}" for d in report.decisions],
-             skipped=report.skipped)
+             not_trained=[d["kind"] for d in report.not_trained], skipped=report.skipped)
     return report

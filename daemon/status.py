@@ -213,6 +213,7 @@ def _render_loop(s: dict[str, Any]) -> str:
         f"{c['started_at'][:19]} ({c['duration_s']:.0f}s, {c['train_pairs']} train pairs)"
         + (f": skipped, {c['skipped']}" if c.get("skipped") else ""))
     lines = [f"Last cycle: {cycle}"]
+    lines += [f"  {d['kind']}: {d['reason']}" for d in (c or {}).get("not_trained", [])]
     if c and c.get("heldout"):
         h = c["heldout"]
         lines.append(f"Held-out set: {h['heldout_queries']} of {h['queries']} real queries (share {h['share']:.2f}; "

@@ -68,6 +68,23 @@ def start_path(engine: Engine, settings: Settings, kind: str) -> tuple[str, str]
     return base, base
 
 
+def cold_start_skip(engine: Engine, settings: Settings, kind: str, train_pairs: int) -> str | None:
+    """Why a cycle should not train ``kind`` now, or None to train it.
+
+    Only a cold-start reranker is skipped: no `train.reranker.base` and none serving to continue from (a
+    fresh one-label head on MiniLM), while the train split holds fewer than `train.reranker.min_pairs`
+    pairs. Below that it cannot beat the embedder alone (measured, README), so training and gating it
+    would spend minutes of every cycle for a candidate the gate must keep out.
+    """
+    cfg = settings.train.reranker
+    if kind != registry.RERANKER or cfg.base or train_pairs >= cfg.min_pairs:
+        return None
+    if cfg.start_from == "serving" and registry.serving(engine, kind) is not None:
+        return None
+    return (f"cold-start reranker not trained: {train_pairs} train pairs < train.reranker.min_pairs {cfg.min_pairs} "
+            "(set train.reranker.base to a pretrained cross-encoder to train one from the first cycle)")
+
+
 def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.Event | None = None,
             timeout_s: float | None = None) -> TrainResult:
     """Train one ``kind`` model in a child process and register it as a candidate.
