@@ -193,7 +193,7 @@ def _before_after(figures: Any) -> dict[str, Any] | None:
     figures = decision_figures(figures)
     if "candidate" not in figures:
         return None
-    pick = ("hit@1", "hit@10", "mrr@10", "queries")
+    pick = ("ndcg@10", "hit@1", "hit@10", "mrr@10", "queries")
     return {"serving": {m: figures["serving"]["heldout"].get(m) for m in pick},
             "candidate": {m: figures["candidate"]["heldout"].get(m) for m in pick},
             "p_value": figures.get("test", {}).get("p_value")}
@@ -203,7 +203,8 @@ def _render_before_after(h: dict[str, Any] | None) -> str:
     if not h:
         return "-"
     s, c = h["serving"], h["candidate"]
-    return (f"mrr@10 {s['mrr@10']:.3f}->{c['mrr@10']:.3f}, hit@1 {s['hit@1']:.3f}->{c['hit@1']:.3f}, "
+    ndcg = f"ndcg@10 {s['ndcg@10']:.3f}->{c['ndcg@10']:.3f}, " if s.get("ndcg@10") is not None else ""
+    return (f"{ndcg}mrr@10 {s['mrr@10']:.3f}->{c['mrr@10']:.3f}, hit@1 {s['hit@1']:.3f}->{c['hit@1']:.3f}, "
             f"hit@10 {s['hit@10']:.3f}->{c['hit@10']:.3f} (n={s['queries']})")
 
 
