@@ -221,6 +221,14 @@ class RerankerTrainSettings(_ModelTrainSettings):
         10_000, ge=0, description="a cycle trains a cold-start reranker (no train.reranker.base, none serving) only "
         "from this many train pairs; 0 always trains"
     )
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of the train split's real queries kept out of reranker training to "
+        "choose its fusion weight on (never held-out queries)"
+    )
+    min_validation: int = Field(
+        10, ge=1, description="fewer validation queries than this choose no weight: the reranker gets weight 0 "
+        "(the embedder alone)"
+    )
 
 
 class TrainSettings(_Section):

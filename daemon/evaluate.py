@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
+from daemon.fusion import fused_order
 from daemon.store import Chunk, TrainingPair
 
 log = structlog.get_logger(__name__)
@@ -142,29 +143,48 @@ def corpus_embeddings(model, corpus: Corpus, cache_dir: Path | None, key: str, b
 
 def retrieve(model, corpus: Corpus, emb: np.ndarray, queries: list[str], depth: int) -> list[list[str]]:
     """Exact top-``depth`` chunk ids per query (cosine on normalized vectors)."""
+    return retrieve_scored(model, corpus, emb, queries, depth)[0]
+
+
+def retrieve_scored(model, corpus: Corpus, emb: np.ndarray, queries: list[str], depth: int
+                    ) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Exact top-``depth`` chunk ids per query and their cosine similarities, best first."""
     if not queries:
-        return []
+        return [], []
     q = model.encode(queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     sims = q @ emb.T
     depth = min(depth, sims.shape[1])
     top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
     order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
     ranked = np.take_along_axis(top, order, axis=1)
-    return [[corpus.ids[i] for i in row] for row in ranked]
+    return [[corpus.ids[i] for i in row] for row in ranked], list(np.take_along_axis(sims, ranked, axis=1))
 
 
-def rerank(reranker, corpus: Corpus, queries: list[str], candidates: list[list[str]], batch_size: int = 32) -> list[list[str]]:
-    """Reorder each query's candidates by cross-encoder score."""
-    pairs = [(q, corpus.text_of[c]) for q, cands in zip(queries, candidates) for c in cands]
-    if not pairs:
+def rerank(reranker, corpus: Corpus, queries: list[str], candidates: list[list[str]], batch_size: int = 32,
+           first: list[np.ndarray] | None = None, weight: float = 1.0) -> list[list[str]]:
+    """Reorder each query's candidates by cross-encoder score, or by its fusion with the first-stage
+    similarities ``first`` at ``weight`` (daemon/fusion.py; 0 keeps the first-stage order unscored)."""
+    if weight <= 0:
         return candidates
-    scores = reranker.predict(pairs, batch_size=batch_size, show_progress_bar=False)
-    out, i = [], 0
-    for cands in candidates:
-        s = scores[i : i + len(cands)]
-        i += len(cands)
-        out.append([cands[j] for j in np.argsort(-s, kind="stable")])
-    return out
+    cross = cross_scores(reranker, corpus, queries, candidates, batch_size)
+    return fuse_rankings(candidates, first if weight < 1 else None, cross, weight)
+
+
+def cross_scores(reranker, corpus: Corpus, queries: list[str], candidates: list[list[str]], batch_size: int = 32
+                 ) -> list[np.ndarray]:
+    """The cross-encoder's score of every (query, candidate), per query."""
+    pairs = [(q, corpus.text_of[c]) for q, cands in zip(queries, candidates) for c in cands]
+    flat = reranker.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else np.zeros(0)
+    bounds = np.cumsum([0] + [len(c) for c in candidates])
+    return [np.asarray(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def fuse_rankings(candidates: list[list[str]], first: list[np.ndarray] | None, cross: list[np.ndarray],
+                  weight: float) -> list[list[str]]:
+    """Candidates ordered by fused score; by the cross-encoder alone when ``first`` is None."""
+    orders = [np.argsort(-c, kind="stable") if first is None else fused_order(f, c, weight)
+              for f, c in zip(first or [None] * len(cross), cross)]
+    return [[cands[j] for j in order] for cands, order in zip(candidates, orders)]
 
 
 def score(ranked: list[list[str]], relevant: list[set[str]]) -> Scores:
@@ -183,7 +203,7 @@ class Evaluator:
     def __post_init__(self):
         self.corpus = Corpus(self.engine)
         self.sets = eval_sets(self.engine, self.settings.gate.max_guard_synthetic)
-        self._ranked: dict[tuple[str, str], list[list[str]]] = {}
+        self._ranked: dict[tuple[str, str], tuple[list[list[str]], list[np.ndarray]]] = {}
 
     @property
     def cache_dir(self) -> Path:
@@ -191,22 +211,27 @@ class Evaluator:
 
     def candidates(self, key: str, model, set_name: str) -> list[list[str]]:
         """First-stage ranking (top gate.rerank_depth) of ``set_name`` by embedder ``key``, memoized."""
+        return self.scored_candidates(key, model, set_name)[0]
+
+    def scored_candidates(self, key: str, model, set_name: str) -> tuple[list[list[str]], list[np.ndarray]]:
+        """`candidates` with their first-stage similarities (what fusion combines with the reranker's)."""
         if (key, set_name) not in self._ranked:
             emb = corpus_embeddings(model, self.corpus, self.cache_dir, key)
-            self._ranked[(key, set_name)] = retrieve(model, self.corpus, emb, self.sets[set_name].queries,
-                                                     max(self.settings.gate.rerank_depth, 10))
+            self._ranked[(key, set_name)] = retrieve_scored(model, self.corpus, emb, self.sets[set_name].queries,
+                                                            max(self.settings.gate.rerank_depth, 10))
         return self._ranked[(key, set_name)]
 
     def embedder_scores(self, key: str, model) -> dict[str, Scores]:
         return {name: score(self.candidates(key, model, name), s.relevant) for name, s in self.sets.items()}
 
-    def pipeline_scores(self, key: str, model, reranker) -> dict[str, Scores]:
-        """Embedder top-depth, reranked (or not, when ``reranker`` is None: "no reranker" is a valid state)."""
+    def pipeline_scores(self, key: str, model, reranker, weight: float = 1.0) -> dict[str, Scores]:
+        """Embedder top-depth, reranked with fusion ``weight`` (or not, when ``reranker`` is None: "no
+        reranker" is a valid state)."""
         out = {}
         for name, s in self.sets.items():
-            cands = self.candidates(key, model, name)
-            out[name] = score(rerank(reranker, self.corpus, s.queries, cands) if reranker is not None else cands,
-                              s.relevant)
+            cands, sims = self.scored_candidates(key, model, name)
+            ranked = rerank(reranker, self.corpus, s.queries, cands, first=sims, weight=weight) if reranker else cands
+            out[name] = score(ranked, s.relevant)
         return out
 
 

@@ -9,6 +9,7 @@ On CUDA out-of-memory the step is retried with half the batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -18,8 +19,10 @@ from typing import Any
 import structlog
 
 from daemon.config import Settings
+from daemon.fusion import WEIGHTS, choose_weight
 from daemon.mining import TrainingData, assemble
 from daemon.models import load_embedder, pick_device
+from daemon.pairs import normalize_query, split_key
 from daemon.progress import Progress
 from daemon.store import open_store
 
@@ -37,11 +40,15 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     set_seed(settings.train.seed)
     device = pick_device(settings.train.device)
     engine = open_store(settings.store_url, migrate=False)
-    miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if settings.train.mining.mine else None
-    data = assemble(engine, settings, miner)
+    # the reranker's fusion weight needs the serving embedder's first stage, so it keeps the miner
+    need_miner = settings.train.mining.mine or kind == "reranker"
+    miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if need_miner else None
+    data = assemble(engine, settings, miner if settings.train.mining.mine else None)
+    validation: dict[str, set[str]] = {}
+    if kind == "reranker":
+        data, validation = carve_validation(data, settings.train.reranker.validation_fraction)
     mining_s = time.monotonic() - t0  # loading the miner, mining and assembling
-    engine.dispose()
-    del miner
+    engine.dispose()  # no store connection held while training; choose_fusion reconnects
     if not data.examples:
         raise SystemExit("no training pairs in the train split yet: ingest feedback first")
     precision = _precision(device, torch)
@@ -57,10 +64,61 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
             batch //= 2
             torch.cuda.empty_cache()
             log.warning("train.oom_retry", kind=kind, batch_size=batch)
+    fusion = choose_fusion(model, miner, engine, job, settings, validation) if kind == "reranker" else None
+    engine.dispose()
     training = _describe(job, settings, data, state, device, precision, batch, time.monotonic() - t0)
     training["mining_s"] = round(mining_s, 2)
+    if fusion is not None:
+        training["fusion"] = fusion
     (out / "training.json").write_text(json.dumps(training, indent=2))
     return training
+
+
+def validation_position(query: str) -> float:
+    """Where a query's split key hashes to in [0, 1) under a salt of its own: independent of the held-out
+    split's hash, stable across runs, and the same for near-duplicate wordings."""
+    key = split_key(normalize_query(query)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"validation").digest(), "big") / 2**64
+
+
+def carve_validation(data: TrainingData, fraction: float) -> tuple[TrainingData, dict[str, set[str]]]:
+    """Keep ``fraction`` of the real train queries out of training: (the rest, {query: its answer ids})."""
+    validation: dict[str, set[str]] = {}
+    keep = []
+    for e in data.examples:
+        if e.origin != "synthetic" and validation_position(e.query) < fraction:
+            validation.setdefault(e.query, set()).add(e.positive_id)
+        else:
+            keep.append(e)
+    counts = {o: sum(1 for e in keep if e.origin == o) for o in ("failure", "hit", "synthetic")}
+    return TrainingData(keep, data.texts, counts), validation
+
+
+def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settings,
+                  validation: dict[str, set[str]]) -> dict[str, Any]:
+    """The fusion weight (daemon/fusion.py) with the best gate metric on the validation queries, ranked by
+    the serving embedder's top gate.rerank_depth as the gate and production rank them."""
+    from daemon.evaluate import Corpus, corpus_embeddings, cross_scores, fuse_rankings, retrieve_scored, score
+
+    metric = settings.gate.reranker_metric
+    if len(validation) < settings.train.reranker.min_validation:
+        log.info("train.fusion", weight=0.0, validation_queries=len(validation), reason="too few validation queries")
+        return {"weight": 0.0, "metric": metric, "validation_queries": len(validation),
+                "reason": f"{len(validation)} validation queries < train.reranker.min_validation "
+                          f"{settings.train.reranker.min_validation}: the embedder alone"}
+    corpus = Corpus(engine)
+    emb = corpus_embeddings(miner, corpus, settings.state_dir / "cache" / "embeddings", job["mining_key"])
+    queries = sorted(validation)
+    cands, sims = retrieve_scored(miner, corpus, emb, queries, max(settings.gate.rerank_depth, 10))
+    cross = cross_scores(reranker, corpus, queries, cands)
+    relevant = [validation[q] for q in queries]
+    by_weight = {w: score(fuse_rankings(cands, sims if w < 1 else None, cross, w) if w > 0 else cands,
+                          relevant).mean()[metric] for w in WEIGHTS}
+    weight = choose_weight(by_weight)
+    log.info("train.fusion", weight=weight, validation_queries=len(queries), metric=metric,
+             embedder_alone=by_weight[0.0], fused=by_weight[weight], reranker_alone=by_weight[1.0])
+    return {"weight": weight, "metric": metric, "validation_queries": len(queries),
+            "by_weight": {str(w): round(m, 4) for w, m in by_weight.items()}}
 
 
 def _precision(device: str, torch) -> str:

@@ -7,8 +7,9 @@ scored on the same query sets in the same run, so every comparison is paired per
 The rule (README, "Gate"), each test one-sided at level a = 1 - gate.confidence (0.05), n = the set's size:
   1. refuse a candidate trained on any held-out query (a leak makes every figure meaningless);
   2. undecided below gate.min_heldout held-out queries;
-  3. gain: d_i = candidate - serving on the primary metric (default MRR@10: graded, so a move from rank
+  3. gain: d_i = candidate - serving on the primary metric (default nDCG@10: graded, so a move from rank
      3 to 1 counts, where hit@10 on FAQ-like traffic is saturated and has no power at small n).
+     A reranker is scored as it would serve: fused with the first stage at its validated weight.
      Reject when the mean gain is below gate.min_gain; promote only when the paired sign-flip test of
      H0: mean(d) <= 0 has p < a; otherwise undecided, with the held-out size this effect would need;
   4. guard (non-inferiority, burden on the evidence of harm): for each guard metric, veto only when the
@@ -30,6 +31,7 @@ from sqlalchemy.engine import Engine
 from daemon import registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator, Scores, summary
+from daemon.fusion import model_weight
 from daemon.models import load_embedder
 from daemon.pairs import split_key, split_position
 from daemon.stats import PairedTest, queries_needed, sign_flip_test
@@ -179,8 +181,12 @@ def _score_both(ev: Evaluator, settings: Settings, kind: str, cand_row, serving_
         cand_model = load_embedder(cand_row["path"], t.device, t.trust_remote_code)
         return (ev.embedder_scores(f"embedder-v{cand_row['version']}", cand_model),
                 ev.embedder_scores(emb_key, emb_model))
-    return (ev.pipeline_scores(emb_key, emb_model, load_reranker(cand_row["path"], settings)),
-            ev.pipeline_scores(emb_key, emb_model, load_reranker(serving_row["path"], settings) if serving_row else None))
+    # each reranker as it would serve: fused with the first stage at the weight chosen on its validation split
+    serv = (ev.pipeline_scores(emb_key, emb_model, load_reranker(serving_row["path"], settings),
+                               model_weight(serving_row["path"])) if serving_row else
+            ev.pipeline_scores(emb_key, emb_model, None))
+    return ev.pipeline_scores(emb_key, emb_model, load_reranker(cand_row["path"], settings),
+                              model_weight(cand_row["path"])), serv
 
 
 def load_reranker(path: str, settings: Settings):

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
+from daemon.fusion import model_weight
 from daemon.registry import EMBEDDER, RERANKER, get_version, serving
 from daemon.store import HOOK_RESULT, put_state, utcnow
 
@@ -33,7 +34,8 @@ def build_manifest(engine: Engine, settings: Settings, collection: str, embedder
         "collection": collection,
         "qdrant": {"url": settings.qdrant.url} if settings.qdrant.url else {"path": str(settings.qdrant_path)},
         "embedder": {"version": embedder_version, "path": emb["path"] if emb else None},
-        "reranker": {"version": rr["version"], "path": rr["path"]} if rr else None,
+        # production fuses as the gate did: (1 - w) * first stage + w * reranker, each min-max per query
+        "reranker": {"version": rr["version"], "path": rr["path"], "fusion_weight": model_weight(rr["path"])} if rr else None,
         "written_at": utcnow().isoformat(),
     }
 

@@ -95,7 +95,8 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     """
     if kind not in KINDS:
         raise TrainError(f"unknown model kind {kind!r}; use one of {KINDS}")
-    mining_model = registry.ensure_base_embedder(engine, settings)["path"]
+    serving_embedder = registry.ensure_base_embedder(engine, settings)
+    mining_model = serving_embedder["path"]
     start, start_label = start_path(engine, settings, kind)
     root = settings.models_dir / kind
     root.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     tmp = root / f".tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     job = {"kind": kind, "settings": settings.model_dump(mode="json"), "start": start, "start_label": start_label,
-           "mining_model": mining_model, "out": str(tmp)}
+           "mining_model": mining_model, "mining_key": f"embedder-v{serving_embedder['version']}", "out": str(tmp)}
     (tmp / "job.json").write_text(json.dumps(job))
     try:
         _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s)

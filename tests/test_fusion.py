@@ -1,0 +1,87 @@
+"""Fusion of first-stage and reranker scores: the rule, the weight chosen on validation, and production's copy."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from conftest import REPO
+
+from daemon import registry
+from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve_scored
+from daemon.fusion import WEIGHTS, choose_weight, fused_order, minmax, model_weight
+from daemon.gate import gate, load_reranker
+from daemon.index import build_index
+from daemon.models import packaged_minilm
+from daemon.train import run_job
+
+
+def test_weight_zero_is_the_first_stage_and_one_the_reranker_alone():
+    first, cross = np.array([0.9, 0.8, 0.7, 0.1]), np.array([-3.0, 5.0, 1.0, 4.0])
+    assert list(fused_order(first, cross, 0.0)) == [0, 1, 2, 3]
+    assert list(fused_order(first, cross, 1.0)) == [1, 3, 2, 0]
+    assert list(fused_order(first, cross, 0.5)) == [1, 2, 0, 3]  # 0.5*(1,.875,.75,0) + 0.5*(0,1,.5,.875)
+    assert list(minmax([2.0, 2.0])) == [0.0, 0.0]  # equal scores carry no order
+    assert 0.0 in WEIGHTS and 1.0 in WEIGHTS
+
+
+def test_the_chosen_weight_is_the_best_on_validation_and_the_smallest_on_a_tie():
+    assert choose_weight({0.0: 0.5, 0.3: 0.61, 0.6: 0.61, 1.0: 0.2}) == 0.3
+    assert choose_weight({0.0: 0.7, 0.5: 0.7, 1.0: 0.1}) == 0.0  # a reranker that adds nothing gets no weight
+
+
+def _readme_snippet() -> str:
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- fusion-snippet", 1)[1]
+    return re.search(r"```python\n(.*?)```", block, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_readme_does(store, engine, minilm,
+                                                                                           monkeypatch):
+    build_index(engine, store, model=minilm)
+    store.train.reranker.min_validation = 3
+    job = run_job(engine, store, "reranker")
+    training_json = Path(job.path) / "training.json"
+    training = json.loads(training_json.read_text())
+    fusion = training["fusion"]
+    assert fusion["weight"] in WEIGHTS and fusion["validation_queries"] >= 3 and "0.0" in fusion["by_weight"]
+    assert fusion["by_weight"][str(fusion["weight"])] == max(fusion["by_weight"].values())
+    with engine.connect() as conn:
+        queries = dict(conn.execute(sa.text("SELECT id, query FROM training_pairs")).all())
+        heldout = set(conn.scalars(sa.text("SELECT query FROM training_pairs WHERE split = 'heldout'")))
+    trained = {queries[i] for i in training["pairs"]["ids"]}
+    assert len(trained) + fusion["validation_queries"] <= len(set(queries.values()) - heldout)  # carved from train
+    assert not trained & heldout
+    assert model_weight(job.path) == fusion["weight"]
+
+    d = gate(engine, store, "reranker", job.version)
+    assert d.outcome in ("promote", "reject", "undecided") and d.figures["candidate"]["heldout"]["queries"] >= 3
+    registry.promote(engine, store, "reranker", job.version, forced=True)
+    manifest = json.loads(store.manifest_path.read_text())
+    assert manifest["reranker"]["fusion_weight"] == fusion["weight"]
+
+    # A weight strictly between the ends, so the check exercises the fusion itself, not one of its ends.
+    w = 0.4
+    training["fusion"]["weight"] = w
+    training_json.write_text(json.dumps(training))
+    registry.promote(engine, store, "reranker", job.version, forced=True)
+    monkeypatch.setenv("RAGLOOP_MANIFEST", str(store.manifest_path))
+    prod: dict = {}
+    exec(compile(_readme_snippet(), "README fusion snippet", "exec"), prod)
+    assert prod["weight"] == w
+
+    corpus = Corpus(engine)
+    emb = corpus_embeddings(minilm, corpus, None, "test")
+    qs = sorted(heldout)[:5]
+    cands, sims = retrieve_scored(minilm, corpus, emb, qs, 20)
+    gate_ranked = rerank(load_reranker(job.path, store), corpus, qs, cands, first=sims, weight=w)
+    for q, c, s, g in zip(qs, cands, sims, gate_ranked):
+        assert prod["rank"](q, [(cid, corpus.text_of[cid], float(x)) for cid, x in zip(c, s)]) == g
+    # and end to end through the real embedded Qdrant collection the alias points at
+    assert [prod["search"](q, k=10, depth=20) for q in qs] == [g[:10] for g in gate_ranked]
+    prod["qdrant"].close()
