@@ -1,6 +1,7 @@
 """The two real FAQ benchmarks every quality figure is given on, and what the benchmarks share.
 
-  examples  the Python FAQ + tutorial and the Debian FAQ (examples/, 724 chunks, 263 questions)
+  examples  the Python, Debian, Zsh, Django, R and SQLite FAQs + the Python tutorial and pages of the
+            Zsh, Django, R and SQLite manuals (examples/, 1,821 chunks, 454 questions)
   perlfaq   the Perl FAQ + 17 core manual pages (bench/perlfaq/, 1,560 chunks, 295 questions)
 
 Each has corpus.jsonl, questions.jsonl (a fixed "traffic"/"unseen" half per question) and
