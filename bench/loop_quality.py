@@ -8,7 +8,9 @@ packaged MiniLM at first) retrieves the top 10 over the whole corpus for every q
 logs the event (hit or miss) in the v1 format; ragloop ingests the log and runs one cycle (train, gate
 against what serves, promote, re-index). After each wave the unseen half, which no stage ever saw, is
 scored for: the base embedder; what serves (and the candidate, when the gate kept it out); the reranker
-pipeline when the reranker is trained; and the peer, the one-shot script (bench/benchmarks.py: MNRL,
+pipeline when the reranker is trained, alone and fused at its validated weight (and, with --reranker-base,
+that base before any fine-tune, alone and fused at the weight it earns on the same validation queries);
+and the peer, the one-shot script (bench/benchmarks.py: MNRL,
 3 epochs, lr 2e-5, batch 16) fine-tuned on every traffic question so far with production's top wrong chunk
 as its negative. The last line is machine-readable: serving_* is what serves after the last wave,
 script_* the script after the last wave.
@@ -30,7 +32,8 @@ from daemon import registry
 from daemon.config import settings_from_dict
 from daemon.corpus import load_corpus
 from daemon.cycle import run_cycle
-from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve, score
+from daemon.evaluate import Corpus, corpus_embeddings, cross_scores, fuse_rankings, retrieve, retrieve_scored, score
+from daemon.fusion import model_weight
 from daemon.gate import load_reranker
 from daemon.ingest import ingest_once
 from daemon.models import load_embedder, packaged_minilm, pick_device
@@ -66,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--benchmark", choices=sorted(DIRS), default="examples", help="which real FAQ benchmark")
     ap.add_argument("--kinds", nargs="+", choices=("embedder", "reranker"), default=["embedder", "reranker"],
-                    help="what the cycle trains (the cold-start reranker costs ~7 CPU minutes and is never promoted)")
+                    help="what the cycle trains (a cold-start reranker is skipped below train.reranker.min_pairs)")
     ap.add_argument("--waves", type=int, default=1, help="feed the traffic in this many waves, one day and one cycle each")
     ap.add_argument("--no-script", action="store_true", help="skip the one-shot script peer (one fine-tune per wave)")
     ap.add_argument("--report", type=Path, default=None, help="write `ragloop report` of the run's store here")
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
     ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
+    ap.add_argument("--reranker-base", default=None,
+                    help="train.reranker.base, e.g. bench/.cache/reranker-standin (bench/reranker_standin.py)")
     ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
@@ -95,6 +100,8 @@ def main() -> None:
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
+        if args.reranker_base:
+            train["reranker"]["base"] = str(Path(args.reranker_base).resolve())
         if args.synthetic_share is not None:
             train["max_synthetic_share"] = args.synthetic_share
         gate = {"embedder_metric": args.embedder_metric} if args.embedder_metric else {}
@@ -230,34 +237,70 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
     cache = settings.state_dir / "cache" / "embeddings"
     rows: dict[str, dict[str, float]] = {}
 
+    scored: dict[str, list] = {}
+
     def ranked_by(model, key):
-        return retrieve(model, corpus, corpus_embeddings(model, corpus, cache, key), queries, 50)
+        ids, sims = retrieve_scored(model, corpus, corpus_embeddings(model, corpus, cache, key), queries, 50)
+        scored[key] = sims
+        return ids
 
     base_ranked = ranked_by(base, "embedder-v0")
     rows["base embedder"] = score(base_ranked, relevant).mean()
     serving = registry.serving(engine, "embedder")
     promoted_embedder = int(serving["version"] > 0)
-    emb_model, emb_ranked, emb_row = base, base_ranked, "base embedder"
+    emb_model, emb_ranked, emb_row, emb_key = base, base_ranked, "base embedder", "embedder-v0"
     cand = _latest(engine, "embedder")
     if promoted_embedder:
         emb_model = load_embedder(serving["path"], settings.train.device)
-        emb_ranked = ranked_by(emb_model, f"embedder-v{serving['version']}")
+        emb_key = f"embedder-v{serving['version']}"
+        emb_ranked = ranked_by(emb_model, emb_key)
         emb_row = f"promoted embedder v{serving['version']}"
         rows[emb_row] = score(emb_ranked, relevant).mean()
     elif cand is not None:
         m = load_embedder(cand["path"], settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
             ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
+    if settings.train.reranker.base:
+        rows.update(base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked,
+                                       scored[emb_key]))
     rr = registry.serving(engine, "reranker")
     promoted_reranker = int(rr is not None)
     rr = rr or _latest(engine, "reranker")
     pipe_row = emb_row
     if rr is not None:
         label = "promoted" if promoted_reranker else "candidate (not promoted)"
-        pipe_row = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']} {label}"
-        rows[pipe_row] = score(rerank(load_reranker(rr["path"], settings), corpus, queries, emb_ranked), relevant).mean()
+        w = model_weight(rr["path"])
+        head = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']}"
+        cross = cross_scores(load_reranker(rr["path"], settings), corpus, queries, emb_ranked)
+        rows[f"{head} alone (no fusion)"] = score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean()
+        pipe_row = f"{head} fused w={w} {label}"  # as the gate scored it and production applies it
+        rows[pipe_row] = score(fuse_rankings(emb_ranked, scored[emb_key], cross, w) if w > 0 else emb_ranked,
+                               relevant).mean()
     return rows, {"embedder_row": emb_row, "pipeline_row": pipe_row, "promoted_embedder": promoted_embedder,
                   "promoted_reranker": promoted_reranker}, score(emb_ranked, relevant).per_query
+
+
+def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked, sims):
+    """The configured reranker base before any fine-tune, alone and fused at the weight it earns on the same
+    validation queries (carved from the train split) that the fine-tuned candidate's weight is chosen on."""
+    from daemon.fit import validation_position, choose_fusion
+    from daemon.store import TrainingPair
+
+    import sqlalchemy as sa
+
+    t = TrainingPair.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.query, t.c.chunk_id).where(t.c.split == "train", t.c.origin != "synthetic")).all()
+    validation: dict[str, set[str]] = {}
+    for q, cid in rows:
+        if validation_position(q) < settings.train.reranker.validation_fraction:
+            validation.setdefault(q, set()).add(cid)
+    model = load_reranker(settings.train.reranker.base, settings)
+    w = choose_fusion(model, emb_model, engine, {"mining_key": emb_key}, settings, validation)["weight"]
+    cross = cross_scores(model, corpus, queries, emb_ranked)
+    return {"+ reranker base (not fine-tuned) alone": score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean(),
+            f"+ reranker base (not fine-tuned) fused w={w}": score(
+                fuse_rankings(emb_ranked, sims, cross, w) if w > 0 else emb_ranked, relevant).mean()}
 
 
 def _latest(engine, kind: str):

