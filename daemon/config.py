@@ -215,8 +215,9 @@ class RerankerTrainSettings(_ModelTrainSettings):
     loss: Literal["bce", "lambda", "cached_mnrl"] = Field(
         "bce", description='"bce" (BinaryCrossEntropyLoss), "lambda" (LambdaLoss) or "cached_mnrl"'
     )
-    # A cold start (MiniLM with a fresh head) scored unseen hit@1 0.01-0.05 against the embedder's 0.6-0.7 at
-    # every train size both benchmarks give (README, Reranker): below this it cannot win, and costs minutes.
+    # A cold start (MiniLM with a fresh head) scored unseen hit@1 0.06-0.09 against the embedder's 0.61-0.67
+    # at every train size both benchmarks give (<= 207 pairs; README, Reranker). The crossing lies beyond
+    # what was measurable; 10,000 is a conservative "not at early traffic", not a measured crossing.
     min_pairs: int = Field(
         10_000, ge=0, description="a cycle trains a cold-start reranker (no train.reranker.base, none serving) only "
         "from this many train pairs; 0 always trains"
