@@ -12,6 +12,7 @@ from safetensors.numpy import load_file
 
 from daemon import registry
 from daemon.errors import ConfigError
+from daemon.fit import validation_position
 from daemon.models import packaged_minilm
 from daemon.train import TrainCancelled, TrainError, run_job
 
@@ -50,7 +51,15 @@ def test_two_step_training_of_both_models_registers_candidates(store, engine, mi
     for r in (emb, rr):
         t = json.loads((Path(r.path) / "training.json").read_text())
         assert t["steps"] == 2 and len(t["loss_curve"]) == 2 and t["device"] == "cpu"
-        assert set(t["pairs"]["ids"]) == _train_pair_ids(engine)  # exactly the train pairs, replayed whole
+        if r is emb:
+            assert set(t["pairs"]["ids"]) == _train_pair_ids(engine)  # exactly the train pairs, replayed whole
+        else:  # the train pairs, less those of the validation queries its fusion weight is chosen on
+            left_out = _train_pair_ids(engine) - set(t["pairs"]["ids"])
+            assert set(t["pairs"]["ids"]) < _train_pair_ids(engine) and left_out
+            with engine.connect() as conn:
+                query = dict(conn.execute(sa.text("SELECT id, query FROM training_pairs")).all())
+            assert all(validation_position(query[i]) < store.train.reranker.validation_fraction for i in left_out)
+            assert t["fusion"]["validation_queries"] == len({query[i] for i in left_out})
         assert not set(t["pairs"]["ids"]) & _heldout_pair_ids(engine)
         assert t["seed"] == 42 and t["libraries"]["sentence_transformers"]
         assert list(Path(r.path).glob("*.safetensors")) and not list(Path(r.path).glob("*.bin"))
