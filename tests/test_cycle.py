@@ -64,7 +64,7 @@ def test_a_configured_reranker_base_trains_and_is_gated_in_the_first_cycle(store
     CrossEncoder(packaged_minilm(), num_labels=1, device="cpu").save_pretrained(str(base))
     store.train.reranker.base = str(base)
     store.train.reranker.start_from = "base"
-    store.gate.rerank_depth = 5
+    store.gate.rerank_depth = 10
     report = run_cycle(engine, store, kinds=(registry.RERANKER,))
     assert report.not_trained == []
     (d,) = report.decisions
