@@ -274,8 +274,7 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         cross = cross_scores(load_reranker(rr["path"], settings), corpus, queries, emb_ranked)
         rows[f"{head} alone (no fusion)"] = score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean()
         pipe_row = f"{head} fused w={w} {label}"  # as the gate scored it and production applies it
-        rows[pipe_row] = score(fuse_rankings(emb_ranked, scored[emb_key], cross, w) if w > 0 else emb_ranked,
-                               relevant).mean()
+        rows[pipe_row] = score(fuse_rankings(emb_ranked, scored[emb_key], cross, w), relevant).mean()
     return rows, {"embedder_row": emb_row, "pipeline_row": pipe_row, "promoted_embedder": promoted_embedder,
                   "promoted_reranker": promoted_reranker}, score(emb_ranked, relevant).per_query
 
@@ -283,24 +282,20 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
 def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked, sims):
     """The configured reranker base before any fine-tune, alone and fused at the weight it earns on the same
     validation queries (carved from the train split) that the fine-tuned candidate's weight is chosen on."""
-    from daemon.fit import validation_position, choose_fusion
-    from daemon.store import TrainingPair
+    from daemon.fit import choose_fusion, in_validation
+    from daemon.mining import select_pairs
 
-    import sqlalchemy as sa
-
-    t = TrainingPair.__table__
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.query, t.c.chunk_id).where(t.c.split == "train", t.c.origin != "synthetic")).all()
+    fraction = settings.train.reranker.validation_fraction
     validation: dict[str, set[str]] = {}
-    for q, cid in rows:
-        if validation_position(q) < settings.train.reranker.validation_fraction:
-            validation.setdefault(q, set()).add(cid)
+    for p in select_pairs(engine, settings):  # the pairs a training job assembles from
+        if in_validation(p["query"], p["origin"], fraction):
+            validation.setdefault(p["query"], set()).add(p["chunk_id"])
     model = load_reranker(settings.train.reranker.base, settings)
     w = choose_fusion(model, emb_model, engine, {"mining_key": emb_key}, settings, validation)["weight"]
     cross = cross_scores(model, corpus, queries, emb_ranked)
     return {"+ reranker base (not fine-tuned) alone": score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean(),
-            f"+ reranker base (not fine-tuned) fused w={w}": score(
-                fuse_rankings(emb_ranked, sims, cross, w) if w > 0 else emb_ranked, relevant).mean()}
+            f"+ reranker base (not fine-tuned) fused w={w}": score(fuse_rankings(emb_ranked, sims, cross, w),
+                                                                    relevant).mean()}
 
 
 def _latest(engine, kind: str):

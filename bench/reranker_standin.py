@@ -19,7 +19,6 @@ bench/.cache/reranker-standin/ (not committed: ~90 MB). Later runs find it there
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
 import json
 import random

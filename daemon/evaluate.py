@@ -166,8 +166,7 @@ def rerank(reranker, corpus: Corpus, queries: list[str], candidates: list[list[s
     similarities ``first`` at ``weight`` (daemon/fusion.py; 0 keeps the first-stage order unscored)."""
     if weight <= 0:
         return candidates
-    cross = cross_scores(reranker, corpus, queries, candidates, batch_size)
-    return fuse_rankings(candidates, first if weight < 1 else None, cross, weight)
+    return fuse_rankings(candidates, first, cross_scores(reranker, corpus, queries, candidates, batch_size), weight)
 
 
 def cross_scores(reranker, corpus: Corpus, queries: list[str], candidates: list[list[str]], batch_size: int = 32
@@ -181,8 +180,12 @@ def cross_scores(reranker, corpus: Corpus, queries: list[str], candidates: list[
 
 def fuse_rankings(candidates: list[list[str]], first: list[np.ndarray] | None, cross: list[np.ndarray],
                   weight: float) -> list[list[str]]:
-    """Candidates ordered by fused score; by the cross-encoder alone when ``first`` is None."""
-    orders = [np.argsort(-c, kind="stable") if first is None else fused_order(f, c, weight)
+    """Candidates ordered by fused score: as they are at ``weight`` 0, by the cross-encoder alone at 1 or
+    when ``first`` is None."""
+    if weight <= 0:
+        return candidates
+    alone = first is None or weight >= 1
+    orders = [np.argsort(-c, kind="stable") if alone else fused_order(f, c, weight)
               for f, c in zip(first or [None] * len(cross), cross)]
     return [[cands[j] for j in order] for cands, order in zip(candidates, orders)]
 
@@ -230,7 +233,8 @@ class Evaluator:
         out = {}
         for name, s in self.sets.items():
             cands, sims = self.scored_candidates(key, model, name)
-            ranked = rerank(reranker, self.corpus, s.queries, cands, first=sims, weight=weight) if reranker else cands
+            ranked = (rerank(reranker, self.corpus, s.queries, cands, first=sims, weight=weight)
+                      if reranker is not None else cands)
             out[name] = score(ranked, s.relevant)
         return out
 

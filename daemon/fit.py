@@ -81,12 +81,17 @@ def validation_position(query: str) -> float:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"validation").digest(), "big") / 2**64
 
 
+def in_validation(query: str, origin: str, fraction: float) -> bool:
+    """Whether a train pair belongs to the validation split: real queries only, by `validation_position`."""
+    return origin != "synthetic" and validation_position(query) < fraction
+
+
 def carve_validation(data: TrainingData, fraction: float) -> tuple[TrainingData, dict[str, set[str]]]:
     """Keep ``fraction`` of the real train queries out of training: (the rest, {query: its answer ids})."""
     validation: dict[str, set[str]] = {}
     keep = []
     for e in data.examples:
-        if e.origin != "synthetic" and validation_position(e.query) < fraction:
+        if in_validation(e.query, e.origin, fraction):
             validation.setdefault(e.query, set()).add(e.positive_id)
         else:
             keep.append(e)
@@ -112,8 +117,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
     cands, sims = retrieve_scored(miner, corpus, emb, queries, max(settings.gate.rerank_depth, 10))
     cross = cross_scores(reranker, corpus, queries, cands)
     relevant = [validation[q] for q in queries]
-    by_weight = {w: score(fuse_rankings(cands, sims if w < 1 else None, cross, w) if w > 0 else cands,
-                          relevant).mean()[metric] for w in WEIGHTS}
+    by_weight = {w: score(fuse_rankings(cands, sims, cross, w), relevant).mean()[metric] for w in WEIGHTS}
     weight = choose_weight(by_weight)
     log.info("train.fusion", weight=weight, validation_queries=len(queries), metric=metric,
              embedder_alone=by_weight[0.0], fused=by_weight[weight], reranker_alone=by_weight[1.0])

@@ -16,7 +16,6 @@ from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve_scored
 from daemon.fusion import WEIGHTS, choose_weight, fused_order, minmax, model_weight
 from daemon.gate import gate, load_reranker
 from daemon.index import build_index
-from daemon.models import packaged_minilm
 from daemon.train import run_job
 
 
