@@ -3,6 +3,9 @@
 held-out share -> mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
      -> train reranker -> gate against the now-serving embedder -> (promote: manifest)
 
+The corpus is embedded once per model version: mining reads the serving embedder's cached vectors, the
+gate adds the candidate's, and a promotion's re-index upserts those (daemon/evaluate.py, the cache).
+
 A cold-start reranker (no configured base, none serving) is not trained below train.reranker.min_pairs
 train pairs: it cannot win there, and would cost minutes of every cycle. The cycle logs `train.skipped`
 and records why in its report, which `ragloop status` shows.
@@ -21,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from daemon import registry
 from daemon.config import Settings
-from daemon.evaluate import Evaluator
+from daemon.evaluate import Evaluator, cache_dir, prune_vectors
 from daemon.gate import Decision, gate, rebalance_heldout
 from daemon.index import build_index, serving_collection
 from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
@@ -98,6 +101,10 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
                 report.timed("reindex", kind, t)
         report.decisions.append({"kind": kind, "version": job.version, "outcome": decision.outcome,
                                  "reason": decision.reason, "decision_id": decision.id})
+    # corpus vectors of a rejected candidate or a replaced model are never read again; the serving
+    # embedder's are what the next cycle's mining and gate start from
+    serving = registry.serving(engine, registry.EMBEDDER)
+    prune_vectors(cache_dir(settings), {"embedder-v0", f"embedder-v{serving['version']}"})
     return _finish(engine, report, t0)
 
 

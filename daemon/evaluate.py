@@ -120,23 +120,50 @@ class Corpus:
         self.text_of = dict(zip(self.ids, self.texts))
 
 
-def corpus_embeddings(model, corpus: Corpus, cache_dir: Path | None, key: str, batch_size: int = 64) -> np.ndarray:
+def cache_dir(settings: Settings) -> Path:
+    """Where corpus vectors are cached, one file per model version: shared by the index, mining and the gate."""
+    return settings.state_dir / "cache" / "embeddings"
+
+
+def load_vectors(cache: Path | None, key: str) -> dict[str, np.ndarray]:
+    """The cached vectors of model version ``key``, by chunk text hash (empty when none)."""
+    path = cache / f"{key}.npz" if cache else None
+    if path is None or not path.exists():
+        return {}
+    with np.load(path) as z:
+        return dict(zip(z["hashes"].tolist(), z["vectors"]))
+
+
+def save_vectors(cache: Path, key: str, vectors: dict[str, np.ndarray], keep: set[str]) -> None:
+    """Write the vectors of the hashes in ``keep`` (the active corpus) for ``key``, atomically."""
+    cache.mkdir(parents=True, exist_ok=True)
+    hashes = sorted(h for h in keep if h in vectors)
+    tmp = cache / f".{key}.tmp.npz"
+    np.savez(tmp, hashes=np.array(hashes), vectors=np.stack([vectors[h] for h in hashes]))
+    tmp.replace(cache / f"{key}.npz")
+
+
+def prune_vectors(cache: Path, keep_keys: set[str]) -> list[str]:
+    """Delete cached vectors of every model version not in ``keep_keys``; returns the keys removed."""
+    removed = []
+    for path in sorted(cache.glob("*.npz")) if cache.exists() else []:
+        if path.stem not in keep_keys and not path.name.startswith("."):
+            path.unlink(missing_ok=True)
+            removed.append(path.stem)
+    return removed
+
+
+def corpus_embeddings(model, corpus: Corpus, cache: Path | None, key: str, batch_size: int = 64) -> np.ndarray:
     """Normalized embeddings of the corpus, reusing those cached for ``key`` (a model version) by text hash."""
-    cached: dict[str, np.ndarray] = {}
-    path = cache_dir / f"{key}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        with np.load(path) as z:
-            cached = dict(zip(z["hashes"].tolist(), z["vectors"]))
+    cached = load_vectors(cache, key)
     missing = sorted({h for h in corpus.hashes if h not in cached})
     if missing:
         text_by_hash = dict(zip(corpus.hashes, corpus.texts))
         vecs = model.encode([text_by_hash[h] for h in missing], batch_size=batch_size, normalize_embeddings=True,
                             convert_to_numpy=True, show_progress_bar=False)
         cached.update(zip(missing, vecs))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            keep = sorted(set(corpus.hashes))
-            np.savez(path, hashes=np.array(keep), vectors=np.stack([cached[h] for h in keep]))
+        if cache is not None:
+            save_vectors(cache, key, cached, set(corpus.hashes))
     log.debug("evaluate.embeddings", key=key, cached=len(corpus.hashes) - len(missing), embedded=len(missing))
     return np.stack([cached[h] for h in corpus.hashes])
 
@@ -210,7 +237,7 @@ class Evaluator:
 
     @property
     def cache_dir(self) -> Path:
-        return self.settings.state_dir / "cache" / "embeddings"
+        return cache_dir(self.settings)
 
     def candidates(self, key: str, model, set_name: str) -> list[list[str]]:
         """First-stage ranking (top gate.rerank_depth) of ``set_name`` by embedder ``key``, memoized."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
@@ -22,6 +24,7 @@ from daemon import registry
 from daemon.config import Settings
 from daemon.corpus import upsert_chunks
 from daemon.errors import CorpusError, RagloopError
+from daemon.evaluate import cache_dir, load_vectors, save_vectors
 from daemon.models import load_embedder
 from daemon.progress import Progress
 from daemon.serving import publish
@@ -46,6 +49,7 @@ class IndexReport:
     seconds: float
     chunks_per_s: float
     dropped: list[str]
+    encoded: int = 0  # chunks encoded; the rest came from the embedding cache
 
 
 def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | None = None, *, model=None) -> IndexReport:
@@ -66,7 +70,8 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
         _record(engine, name, settings.qdrant.alias, version, embedder, total)
         vs.create(name, model.get_embedding_dimension())
         prog = Progress("index.progress", total, unit="chunks", collection=name)
-        _fill(engine, vs, name, model, embedder["version"], settings.qdrant.batch_size, prog)
+        encoded = _fill(engine, vs, name, model, embedder["version"], settings.qdrant.batch_size, prog,
+                        cache_dir(settings))
         _verify(engine, vs, name, model, total, settings.qdrant.verify_sample, seed=version)
         previous = vs.alias_target()
         vs.swap_alias(name)
@@ -75,9 +80,9 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
     figures = prog.finish()
     publish(engine, settings, name, embedder["version"])
     log.info("index.swapped", collection=name, previous=previous, embedder_version=embedder["version"],
-             chunks=total, dropped=dropped)
+             chunks=total, encoded=encoded, from_cache=total - encoded, dropped=dropped)
     return IndexReport(name, previous, embedder["version"], total, figures["elapsed_s"],
-                       figures["chunks_per_s"], dropped)
+                       figures["chunks_per_s"], dropped, encoded)
 
 
 def _count_chunks(engine: Engine) -> int:
@@ -104,13 +109,28 @@ def iter_chunks(engine: Engine, batch: int) -> Iterator[list[dict[str, Any]]]:
 WINDOW_BATCHES = 8
 
 
-def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: int, batch: int, prog: Progress) -> None:
-    """Embed window i+1 while window i is upserted on a worker thread (torch releases the GIL)."""
+def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: int, batch: int, prog: Progress,
+          cache: Path) -> int:
+    """Embed window i+1 while window i is upserted on a worker thread (torch releases the GIL).
+
+    Vectors this model version already has in the embedding cache (the gate computed them for the
+    candidate it promoted) are upserted as they are; only the rest is encoded, and added to the cache.
+    Returns how many chunks were encoded."""
+    key = f"embedder-v{embedder_version}"
+    cached = load_vectors(cache, key)
+    seen: set[str] = set()
+    encoded = 0
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-upsert") as pool:
         for rows in iter_chunks(engine, batch * WINDOW_BATCHES):
-            vectors = model.encode([r["text"] for r in rows], batch_size=batch, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
+            todo = [r for r in rows if r["text_hash"] not in cached]
+            if todo:
+                fresh = model.encode([r["text"] for r in todo], batch_size=batch, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+                cached.update(zip((r["text_hash"] for r in todo), fresh))
+                encoded += len(todo)
+            seen.update(r["text_hash"] for r in rows)
+            vectors = np.stack([cached[r["text_hash"]] for r in rows])
             if pending is not None:
                 pending.result()
                 _set_points(engine, name, prog.done)
@@ -119,6 +139,9 @@ def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: i
         if pending is not None:
             pending.result()
     _set_points(engine, name, prog.done)
+    if encoded:
+        save_vectors(cache, key, cached, seen)
+    return encoded
 
 
 def _upsert_window(vs: QdrantStore, name: str, rows, vectors, embedder_version: int, batch: int) -> None:

@@ -2,8 +2,9 @@
 
 Negatives for a query come in this order, up to `train.mining.num_negatives`:
   1. the chunks production itself returned for it (its logged top-k minus every expected id);
-  2. chunks mined with `sentence_transformers.util.mine_hard_negatives` and the serving embedder over the
-     whole corpus (rank range, margin and a similarity cap to drop likely false negatives, from config);
+  2. chunks mined with the serving embedder over the whole corpus, from its cached corpus vectors (rank
+     range, margin and a similarity cap to drop likely false negatives, from config: the filters of
+     `sentence_transformers.util.mine_hard_negatives`);
   3. random chunks: hard negatives alone make a reranker worse on easy cases.
 Every run replays all accumulated train pairs (newest and most frequent first, up to `train.max_pairs`),
 not only new ones, to guard against forgetting.
@@ -17,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
@@ -81,9 +83,9 @@ def select_pairs(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
     return [r for r in chosen if t.weights.get(r["origin"], 1) > 0]
 
 
-def assemble(engine: Engine, settings: Settings, model=None) -> TrainingData:
-    """Examples with negatives for every selected pair. ``model`` (the serving embedder) mines negatives;
-    without it only production and random negatives are used."""
+def assemble(engine: Engine, settings: Settings, model=None, key: str = "embedder-v0") -> TrainingData:
+    """Examples with negatives for every selected pair. ``model`` (the serving embedder, cache key ``key``)
+    mines negatives; without it only production and random negatives are used."""
     pairs = select_pairs(engine, settings)
     with engine.connect() as conn:
         corpus = dict(conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text).where(chunks_t.c.removed_at.is_(None))).all())
@@ -93,7 +95,7 @@ def assemble(engine: Engine, settings: Settings, model=None) -> TrainingData:
             expected.setdefault(qn, set()).add(cid)
     m = settings.train.mining
     rng = random.Random(settings.train.seed)
-    mined = _mine(pairs, corpus, model, settings) if model is not None and m.mine else {}
+    mined = _mine(pairs, engine, model, settings, key) if model is not None and m.mine else {}
     ids = sorted(corpus)
     examples = []
     for p in pairs:
@@ -124,30 +126,41 @@ def _dedup(items: list[str], limit: int) -> list[str]:
     return out[:limit]
 
 
-def _mine(pairs: list[dict[str, Any]], corpus: dict[str, str], model, settings: Settings) -> dict[str, list[str]]:
-    """query -> mined negative chunk ids, via sentence-transformers' mine_hard_negatives."""
-    from datasets import Dataset
-    from sentence_transformers.util import mine_hard_negatives
+def _mine(pairs: list[dict[str, Any]], engine: Engine, model, settings: Settings, key: str) -> dict[str, list[str]]:
+    """query -> mined negative chunk ids: the serving embedder's top `range_max` chunks over the corpus,
+    filtered as sentence-transformers' `mine_hard_negatives` filters them ("top" sampling, `range_min`,
+    `max_score`, `relative_margin` below the positive's score).
+
+    The corpus vectors are the serving model's, read from the embedding cache (daemon/evaluate.py) that
+    the index and the gate share, keyed by (model version ``key``, chunk text hash): a cycle embeds the
+    corpus once per model version, not once more for mining (`mine_hard_negatives` would re-encode it).
+    Only chunks not in the cache yet are encoded, and added to it.
+    """
+    from daemon.evaluate import Corpus, corpus_embeddings
 
     m = settings.train.mining
     first: dict[str, str] = {}
     for p in pairs:
-        first.setdefault(p["query"], corpus[p["chunk_id"]])
+        first.setdefault(p["query"], p["chunk_id"])
     if not first:
         return {}
-    texts = list(corpus.values())
-    by_text: dict[str, str] = {}
-    for cid, text in corpus.items():
-        by_text.setdefault(text, cid)
-    ds = Dataset.from_dict({"anchor": list(first), "positive": list(first.values())})
-    out = mine_hard_negatives(
-        ds, model, corpus=texts, range_min=m.range_min, range_max=min(m.range_max, len(texts) - 1),
-        max_score=m.max_score, relative_margin=m.relative_margin or None, num_negatives=m.num_negatives,
-        sampling_strategy="top", output_format="n-tuple", batch_size=settings.train.embedder.batch_size * 2,
-        verbose=False,
-    )
+    corpus = Corpus(engine)
+    emb = corpus_embeddings(model, corpus, settings.state_dir / "cache" / "embeddings", key)
+    row_of = {cid: i for i, cid in enumerate(corpus.ids)}
+    queries = [q for q in first if first[q] in row_of]
+    qv = model.encode(queries, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    depth = min(m.range_max + 1, len(corpus.ids))  # one more: the positive itself is among them
     mined: dict[str, list[str]] = {}
-    neg_cols = [c for c in out.column_names if c.startswith("negative")]
-    for row in out:
-        mined[row["anchor"]] = [by_text[row[c]] for c in neg_cols if row[c] in by_text]
+    for start in range(0, len(queries), 256):  # bounded memory: 256 x corpus similarities at a time
+        sims = qv[start:start + 256] @ emb.T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
+        for i, q in enumerate(queries[start:start + 256]):
+            pos = first[q]
+            pos_score = float(sims[i, row_of[pos]])
+            pos_text = corpus.text_of[pos]
+            cap = pos_score - abs(pos_score) * m.relative_margin if m.relative_margin else np.inf
+            # as mine_hard_negatives does: drop the positive and what the filters exclude, then skip range_min
+            kept = [j for j in top[i][: m.range_max + 1] if corpus.ids[j] != pos and corpus.texts[j] != pos_text
+                    and sims[i, j] <= min(m.max_score, cap)][: m.range_max]
+            mined[q] = [corpus.ids[j] for j in kept[m.range_min:][: m.num_negatives]]
     return mined

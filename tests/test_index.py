@@ -194,3 +194,37 @@ def test_sigkill_during_reindex_keeps_the_alias_on_the_complete_collection(tmp_p
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT status FROM index_versions WHERE collection = 'chunks__v2'")) == "deleted"
     engine.dispose()
+
+
+class _Counting:
+    """The real model, counting the texts it is asked to encode."""
+
+    def __init__(self, model):
+        self.model, self.texts = model, 0
+
+    def encode(self, texts, **kw):
+        self.texts += len(texts)
+        return self.model.encode(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_a_model_version_embeds_each_chunk_text_once_across_index_and_gate(settings, engine, corpus, minilm):
+    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
+
+    counting = _Counting(minilm)
+    r1 = build_index(engine, settings, model=counting)
+    assert r1.encoded == N and counting.texts >= N
+    counting.texts = 0
+    emb = corpus_embeddings(counting, Corpus(engine), cache_dir(settings), "embedder-v0")
+    assert counting.texts == 0 and emb.shape == (N, 384)  # the gate reads what the index encoded
+    changed = dict(corpus[3], text="Which editor should I use to write Python code on Debian?")
+    upsert_chunks(engine, [changed], mark_missing_removed=False)
+    r2 = build_index(engine, settings, model=counting)
+    assert r2.encoded == 1 and r2.collection == "chunks__v2"  # only the changed chunk's new text
+    hits = search(engine, settings, changed["text"], k=1, model=minilm)
+    assert hits[0][0] == changed["id"]
+    counting.texts = 0
+    corpus_embeddings(counting, Corpus(engine), cache_dir(settings), "embedder-v0")
+    assert counting.texts == 0

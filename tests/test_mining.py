@@ -1,0 +1,46 @@
+import pytest
+from datasets import Dataset
+from sentence_transformers.util import mine_hard_negatives
+
+from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
+from daemon.mining import _mine, assemble, select_pairs
+
+
+@pytest.mark.parametrize("range_min,relative_margin,max_score", [(0, 0.05, 0.95), (2, 0.0, 0.6)])
+def test_mining_from_cached_vectors_picks_what_mine_hard_negatives_picks(store, engine, minilm, range_min,
+                                                                         relative_margin, max_score):
+    m = store.train.mining
+    m.range_min, m.relative_margin, m.max_score = range_min, relative_margin, max_score
+    pairs = select_pairs(engine, store)
+    ours = _mine(pairs, engine, minilm, store, "embedder-v0")
+    corpus = Corpus(engine)
+    first: dict[str, str] = {}
+    for p in pairs:
+        first.setdefault(p["query"], p["chunk_id"])
+    by_text = {t: c for c, t in zip(corpus.ids, corpus.texts)}
+    theirs = mine_hard_negatives(
+        Dataset.from_dict({"anchor": list(first), "positive": [corpus.text_of[c] for c in first.values()]}), minilm,
+        corpus=corpus.texts, range_min=range_min, range_max=m.range_max, max_score=max_score,
+        relative_margin=relative_margin or None, num_negatives=m.num_negatives, sampling_strategy="top",
+        output_format="n-tuple", verbose=False)
+    cols = [c for c in theirs.column_names if c.startswith("negative")]
+    expected = {row["anchor"]: [by_text[row[c]] for c in cols] for row in theirs}
+    assert len(first) > 10 and len(expected) > 5
+    # mine_hard_negatives drops a query with fewer than num_negatives candidates left; ours keeps what is left
+    for q, negs in expected.items():
+        assert ours[q] == negs, q
+
+
+def test_mining_reads_the_serving_models_cached_vectors(store, engine, minilm):
+    corpus = Corpus(engine)
+    emb = corpus_embeddings(minilm, corpus, cache_dir(store), "embedder-v0")
+
+    class Refusing:
+        def encode(self, texts, **kw):
+            assert len(texts) < len(corpus.ids), "the corpus was encoded again"
+            return minilm.encode(texts, **kw)
+
+    data = assemble(engine, store, Refusing(), "embedder-v0")
+    assert emb.shape[0] == len(corpus.ids) and data.examples
+    assert all(len(e.negative_ids) == store.train.mining.num_negatives + store.train.mining.random_negatives
+               for e in data.examples)
