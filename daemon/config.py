@@ -148,6 +148,15 @@ class QdrantSettings(_Section):
     lock_wait_s: float = Field(
         15.0, ge=0, description="how long to wait for the embedded store while another ragloop process has it open"
     )
+    # New collections on a Qdrant server or cluster (local mode keeps one shard and ignores these but on_disk)
+    shard_number: int = Field(1, ge=1, le=1000, description="shards of each new collection (a Qdrant cluster); 1..1000")
+    replication_factor: int = Field(1, ge=1, le=100, description="copies of each shard (a Qdrant cluster); 1..100")
+    on_disk: bool = Field(False, description="keep vectors on disk (memmap) instead of in RAM: large corpora")
+    hnsw_m: int = Field(16, ge=0, le=512, description="HNSW graph degree of new collections; 0 disables the graph")
+    hnsw_ef_construct: int = Field(100, ge=4, le=10000, description="HNSW build-time search width of new collections")
+    upload_parallel: int = Field(
+        1, ge=1, le=64, description="concurrent upload requests while re-indexing (a Qdrant server; local mode uses 1)"
+    )
 
 
 class ServingSettings(_Section):

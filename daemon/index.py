@@ -145,11 +145,9 @@ def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: i
 
 
 def _upsert_window(vs: QdrantStore, name: str, rows, vectors, embedder_version: int, batch: int) -> None:
-    for i in range(0, len(rows), batch):
-        part = rows[i : i + batch]
-        payloads = [{"chunk_id": r["id"], "text": r["text"], "doc": r["doc"], "metadata": r["metadata"],
-                     "text_hash": r["text_hash"], "model_version": embedder_version} for r in part]
-        vs.upsert(name, [r["id"] for r in part], vectors[i : i + batch], payloads)
+    payloads = [{"chunk_id": r["id"], "text": r["text"], "doc": r["doc"], "metadata": r["metadata"],
+                 "text_hash": r["text_hash"], "model_version": embedder_version} for r in rows]
+    vs.upload(name, [r["id"] for r in rows], vectors, payloads, batch)
 
 
 def _verify(engine: Engine, vs: QdrantStore, name: str, model, total: int, sample: int, seed: int) -> None:

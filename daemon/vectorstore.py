@@ -32,15 +32,22 @@ def point_id(chunk_id: str) -> str:
 class QdrantStore:
     """ensure collection, upsert batch, search, swap alias, list/drop versions."""
 
-    def __init__(self, client, alias: str, is_server: bool):
+    def __init__(self, client, alias: str, is_server: bool, layout=None):
         self.client, self.alias, self.is_server = client, alias, is_server
+        self.layout = layout  # QdrantSettings: shards, replicas, on-disk vectors, HNSW, upload parallelism
 
     def create(self, name: str, dim: int) -> None:
         from qdrant_client import models
 
         if self.client.collection_exists(name):
             self.client.delete_collection(name)
-        self.client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+        q = self.layout
+        extra: dict[str, Any] = {}
+        if q is not None:
+            extra = {"shard_number": q.shard_number, "replication_factor": q.replication_factor,
+                     "hnsw_config": models.HnswConfigDiff(m=q.hnsw_m, ef_construct=q.hnsw_ef_construct)}
+        self.client.create_collection(name, vectors_config=models.VectorParams(
+            size=dim, distance=models.Distance.COSINE, on_disk=bool(q and q.on_disk)), **extra)
         if self.is_server:  # local mode ignores payload indexes
             self.client.create_payload_index(name, "chunk_id", models.PayloadSchemaType.KEYWORD)
 
@@ -49,6 +56,18 @@ class QdrantStore:
 
         self.client.upsert(name, models.Batch(ids=[point_id(c) for c in chunk_ids], vectors=vectors.tolist(),
                                               payloads=list(payloads)), wait=True)
+
+    def upload(self, name: str, chunk_ids: Sequence[str], vectors, payloads: Sequence[dict[str, Any]], batch: int) -> None:
+        """Upsert in batches of ``batch``; against a server with qdrant.upload_parallel > 1, with that many
+        concurrent requests (qdrant-client's own parallel upload)."""
+        parallel = self.layout.upload_parallel if self.layout is not None else 1
+        if self.is_server and parallel > 1:
+            self.client.upload_collection(name, vectors=vectors, payload=list(payloads),
+                                          ids=[point_id(c) for c in chunk_ids], batch_size=batch, parallel=parallel,
+                                          wait=True)
+            return
+        for i in range(0, len(chunk_ids), batch):
+            self.upsert(name, chunk_ids[i : i + batch], vectors[i : i + batch], payloads[i : i + batch])
 
     def count(self, name: str) -> int:
         return self.client.count(name, exact=True).count
@@ -102,7 +121,7 @@ def open_vectors(settings: Settings) -> Iterator[QdrantStore]:
     """Open the configured Qdrant for one stage and close it afterwards."""
     client = _connect(settings)
     try:
-        yield QdrantStore(client, settings.qdrant.alias, is_server=bool(settings.qdrant.url))
+        yield QdrantStore(client, settings.qdrant.alias, is_server=bool(settings.qdrant.url), layout=settings.qdrant)
     finally:
         client.close()
 

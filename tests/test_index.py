@@ -228,3 +228,17 @@ def test_a_model_version_embeds_each_chunk_text_once_across_index_and_gate(setti
     counting.texts = 0
     corpus_embeddings(counting, Corpus(engine), cache_dir(settings), "embedder-v0")
     assert counting.texts == 0
+
+
+def test_new_collections_take_their_layout_from_config(settings, engine, corpus, minilm):
+    settings.qdrant.on_disk = True
+    settings.qdrant.hnsw_m, settings.qdrant.shard_number = 32, 2  # a server applies these; local mode keeps 1 shard
+    r = build_index(engine, settings, model=minilm)
+    client = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        params = client.get_collection(r.collection).config.params
+    finally:
+        client.close()
+    assert params.vectors.on_disk is True and params.vectors.size == 384
+    hits = search(engine, settings, corpus[5]["text"], k=1, model=minilm)
+    assert hits[0][0] == corpus[5]["id"]
