@@ -282,7 +282,8 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
 def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked, sims):
     """The configured reranker base before any fine-tune, alone and fused at the weight it earns on the same
     validation queries (carved from the train split) that the fine-tuned candidate's weight is chosen on."""
-    from daemon.fit import choose_fusion, in_validation
+    from daemon.fit import choose_fusion
+    from daemon.validation import in_validation
     from daemon.mining import select_pairs
 
     fraction = settings.train.reranker.validation_fraction

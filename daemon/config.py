@@ -211,6 +211,29 @@ class EmbedderTrainSettings(_ModelTrainSettings):
     # 3 passes (the usual one-shot recipe) gave a candidate the gate could promote on both benchmarks;
     # 1 pass gained too little to show on the held-out queries of early traffic (README, Loop quality).
     epochs: float = Field(3.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of the train split's real queries kept out of embedder training to "
+        "choose the interpolation alpha and the epoch on (never held-out queries); 0 trains on all of them"
+    )
+    min_validation: int = Field(
+        10, ge=1, description="fewer validation queries than this: nothing is kept out, alpha is 1 and every epoch runs"
+    )
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        description="interpolations with the model training started from (WiSE-FT: alpha*new + (1-alpha)*start) "
+        "tried on the validation queries; the best is saved. [1.0] keeps the fine-tune as it is",
+    )
+    early_stopping: bool = Field(
+        True, description="score the validation queries after every epoch; stop when an epoch scores lower, and "
+        "keep the best epoch's weights"
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < a <= 1 for a in v):
+            raise ValueError("alphas must be a non-empty list of numbers in (0, 1], e.g. [0.5, 0.75, 1.0]")
+        return sorted(set(v))
 
 
 class RerankerTrainSettings(_ModelTrainSettings):

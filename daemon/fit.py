@@ -4,12 +4,13 @@ Embedder: SentenceTransformerTrainer with MultipleNegativesRankingLoss over (anc
 negative_1..n) and the NO_DUPLICATES batch sampler; CachedMultipleNegativesRankingLoss when
 `train.embedder.mini_batch_size` is set. Reranker: CrossEncoderTrainer with BinaryCrossEntropyLoss on
 labeled pairs (LambdaLoss on labeled lists, or CachedMultipleNegativesRankingLoss, by config).
+Both keep validation queries carved from the train split (daemon/validation.py): the embedder to stop
+early and pick its interpolation with the model it started from, the reranker to pick its fusion weight.
 On CUDA out-of-memory the step is retried with half the batch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -22,9 +23,9 @@ from daemon.config import Settings
 from daemon.fusion import WEIGHTS, choose_weight
 from daemon.mining import TrainingData, assemble
 from daemon.models import load_embedder, pick_device
-from daemon.pairs import normalize_query, split_key
 from daemon.progress import Progress
 from daemon.store import open_store
+from daemon.validation import EarlyStopping, ValidationPool, carve_validation, choose_alpha, embedder_validates
 
 log = structlog.get_logger(__name__)
 
@@ -43,10 +44,15 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     # the reranker's fusion weight needs the serving embedder's first stage, so it keeps the miner
     need_miner = settings.train.mining.mine or kind == "reranker"
     miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if need_miner else None
-    data = assemble(engine, settings, miner if settings.train.mining.mine else None)
+    data = assemble(engine, settings, miner if settings.train.mining.mine else None, job["mining_key"])
     validation: dict[str, set[str]] = {}
+    pool = None
     if kind == "reranker":
         data, validation = carve_validation(data, settings.train.reranker.validation_fraction)
+    elif embedder_validates(data, cfg):
+        data, validation = carve_validation(data, cfg.validation_fraction)
+        miner = miner or load_embedder(job["mining_model"], device, settings.train.trust_remote_code)
+        pool = ValidationPool.build(miner, engine, settings, job["mining_key"], validation)
     mining_s = time.monotonic() - t0  # loading the miner, mining and assembling
     engine.dispose()  # no store connection held while training; choose_fusion reconnects
     if not data.examples:
@@ -55,8 +61,10 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     batch = cfg.batch_size
     while True:
         try:
-            model, state = (_fit_embedder if kind == "embedder" else _fit_reranker)(job["start"], data, settings, device,
-                                                                                 precision, batch, out)
+            if kind == "embedder":
+                model, state, chosen = _fit_embedder(job["start"], data, settings, device, precision, batch, out, pool)
+            else:
+                model, state = _fit_reranker(job["start"], data, settings, device, precision, batch, out)
             break
         except torch.cuda.OutOfMemoryError:
             if batch <= 2:
@@ -70,33 +78,10 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     training["mining_s"] = round(mining_s, 2)
     if fusion is not None:
         training["fusion"] = fusion
+    if kind == "embedder":
+        training.update(chosen)
     (out / "training.json").write_text(json.dumps(training, indent=2))
     return training
-
-
-def validation_position(query: str) -> float:
-    """Where a query's split key hashes to in [0, 1) under a salt of its own: independent of the held-out
-    split's hash, stable across runs, and the same for near-duplicate wordings."""
-    key = split_key(normalize_query(query)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"validation").digest(), "big") / 2**64
-
-
-def in_validation(query: str, origin: str, fraction: float) -> bool:
-    """Whether a train pair belongs to the validation split: real queries only, by `validation_position`."""
-    return origin != "synthetic" and validation_position(query) < fraction
-
-
-def carve_validation(data: TrainingData, fraction: float) -> tuple[TrainingData, dict[str, set[str]]]:
-    """Keep ``fraction`` of the real train queries out of training: (the rest, {query: its answer ids})."""
-    validation: dict[str, set[str]] = {}
-    keep = []
-    for e in data.examples:
-        if in_validation(e.query, e.origin, fraction):
-            validation.setdefault(e.query, set()).add(e.positive_id)
-        else:
-            keep.append(e)
-    counts = {o: sum(1 for e in keep if e.origin == o) for o in ("failure", "hit", "synthetic")}
-    return TrainingData(keep, data.texts, counts), validation
 
 
 def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settings,
@@ -153,7 +138,10 @@ def embedder_dataset(data: TrainingData):
     return Dataset.from_dict(cols)
 
 
-def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: str, precision: str, batch: int, out: Path):
+def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: str, precision: str, batch: int,
+                  out: Path, pool: ValidationPool | None = None):
+    """Fine-tune, then (with validation queries) keep the best epoch and the best interpolation alpha.
+    Returns (model, trainer state, what was chosen for training.json)."""
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
                                                                     MultipleNegativesRankingLoss)
@@ -169,9 +157,19 @@ def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: st
             else MultipleNegativesRankingLoss(model))
     args = SentenceTransformerTrainingArguments(batch_sampler=BatchSamplers.NO_DUPLICATES,
                                                 **_common_args(settings, cfg, device, precision, batch, out, len(ds)))
+    stopper = EarlyStopping(model, pool) if pool is not None and cfg.early_stopping else None
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss,
-                                         callbacks=[_progress_callback("embedder", settings)])
-    return _train_and_save(trainer, model, out)
+                                         callbacks=[_progress_callback("embedder", settings)] + ([stopper.callback()]
+                                                                                                 if stopper else []))
+    _train(trainer)
+    chosen: dict[str, Any] = {}
+    if pool is not None:
+        trained_score = stopper.restore_best() if stopper else pool.score(model)
+        if stopper:
+            chosen["early_stopping"] = stopper.describe()
+        chosen["interpolation"] = choose_alpha(model, start, pool, cfg.alphas, trained_score, settings, device)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model, trainer.state, chosen
 
 
 def reranker_dataset(data: TrainingData, loss: str):
@@ -218,13 +216,17 @@ def _fit_reranker(start: str, data: TrainingData, settings: Settings, device: st
     return _train_and_save(trainer, model, out)
 
 
-def _train_and_save(trainer, model, out: Path):
-    """Train, then save safetensors weights into ``out``. Our progress events replace the trainer's
-    printed dicts, which are not structured logs."""
+def _train(trainer) -> None:
+    """Train; our progress events replace the trainer's printed dicts, which are not structured logs."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.train()
+
+
+def _train_and_save(trainer, model, out: Path):
+    """Train, then save safetensors weights into ``out``."""
+    _train(trainer)
     model.save_pretrained(str(out), safe_serialization=True)
     return model, trainer.state
 

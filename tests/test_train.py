@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from daemon import registry
 from daemon.errors import ConfigError
-from daemon.fit import validation_position
+from daemon.validation import validation_position
 from daemon.models import packaged_minilm
 from daemon.train import TrainCancelled, TrainError, run_job
 
