@@ -65,7 +65,7 @@ def bare_embedder(data, settings, device: str, out: Path) -> float:
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", disable_tqdm=True,
         use_cpu=device == "cpu", **_precision_args(device),
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=embedder_dataset(data),
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=embedder_dataset(data, cfg.negatives),
                                          loss=MultipleNegativesRankingLoss(model))
     out_metrics = trainer.train()
     return trainer.state.global_step / out_metrics.metrics["train_runtime"]

@@ -126,11 +126,13 @@ def _common_args(settings: Settings, cfg, device: str, precision: str, batch: in
     )
 
 
-def embedder_dataset(data: TrainingData):
-    """(anchor, positive, negative_1..n) rows; every row gets the same number of negatives."""
+def embedder_dataset(data: TrainingData, limit: int | None = None):
+    """(anchor, positive, negative_1..n) rows; every row gets the same number of negatives, at most
+    ``limit`` (the first ones: production's own wrong results, then mined, then random)."""
     from datasets import Dataset
 
     n = min(len(e.negative_ids) for e in data.examples)
+    n = n if limit is None else min(n, limit)
     cols: dict[str, list[str]] = {"anchor": [e.query for e in data.examples],
                                   "positive": [data.texts[e.positive_id] for e in data.examples]}
     for i in range(n):
@@ -151,7 +153,7 @@ def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: st
     cfg = settings.train.embedder
     model = load_embedder(start, device, settings.train.trust_remote_code)
     model.max_seq_length = cfg.max_seq_length
-    ds = embedder_dataset(data)
+    ds = embedder_dataset(data, cfg.negatives)
     cached = cfg.loss == "cached_mnrl" or cfg.mini_batch_size > 0
     loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size or 16) if cached
             else MultipleNegativesRankingLoss(model))

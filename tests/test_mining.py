@@ -3,7 +3,7 @@ from datasets import Dataset
 from sentence_transformers.util import mine_hard_negatives
 
 from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
-from daemon.mining import _mine, assemble, select_pairs
+from daemon.mining import _as_list, _mine, assemble, select_pairs
 
 
 @pytest.mark.parametrize("range_min,relative_margin,max_score", [(0, 0.05, 0.95), (2, 0.0, 0.6)])
@@ -44,3 +44,18 @@ def test_mining_reads_the_serving_models_cached_vectors(store, engine, minilm):
     assert emb.shape[0] == len(corpus.ids) and data.examples
     assert all(len(e.negative_ids) == store.train.mining.num_negatives + store.train.mining.random_negatives
                for e in data.examples)
+
+
+def test_the_embedder_takes_the_first_negatives_production_s_own_wrong_results_first(store, engine, minilm):
+    from daemon.fit import embedder_dataset
+
+    data = assemble(engine, store, minilm, "embedder-v0")
+    full, one, none = embedder_dataset(data), embedder_dataset(data, 1), embedder_dataset(data, 0)
+    n = store.train.mining.num_negatives + store.train.mining.random_negatives
+    assert full.column_names == ["anchor", "positive"] + [f"negative_{i + 1}" for i in range(n)]
+    assert one.column_names == ["anchor", "positive", "negative_1"] and none.column_names == ["anchor", "positive"]
+    assert one["negative_1"] == full["negative_1"]
+    pairs = {p["id"]: p for p in select_pairs(engine, store)}
+    production = {i: _as_list(p["hard_negative_ids"]) for i, p in pairs.items()}
+    with_production = [e for e in data.examples if production[e.pair_id]]
+    assert with_production and all(e.negative_ids[0] in production[e.pair_id] for e in with_production)

@@ -38,6 +38,7 @@ def test_alphas_must_lie_in_zero_to_one(tmp_path):
 @pytest.fixture
 def validating(store):
     """The small store's embedder job with validation on: its ~6 validation queries are enough here."""
+    store.train.embedder.validation_fraction = 0.2
     store.train.embedder.min_validation = 2
     store.train.embedder.max_steps = 0
     store.train.embedder.epochs = 2
@@ -78,6 +79,7 @@ def test_the_embedder_keeps_validation_queries_out_and_saves_the_alpha_and_epoch
 
 @pytest.mark.slow
 def test_too_few_validation_queries_carve_nothing(store, engine):
+    store.train.embedder.validation_fraction = 0.2
     store.train.embedder.min_validation = 1000
     t = run_job(engine, store, "embedder").training
     with engine.connect() as conn:
