@@ -131,8 +131,9 @@ def main() -> None:
             report = run_cycle(engine, settings, kinds=tuple(args.kinds))
             cycle_times.append(time.monotonic() - t)
             h = report.heldout
+            stages = ", ".join(f"{st['stage']} {st['seconds']:.0f}s" for st in report.stages if st["stage"] != "cycle")
             print(f"held-out: {h['heldout_queries']} of {h['queries']} traffic queries (share {h['share']}); "
-                  f"cycle {cycle_times[-1]:.0f}s")
+                  f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:
                 print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
             rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
