@@ -88,7 +88,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
                   validation: dict[str, set[str]]) -> dict[str, Any]:
     """The fusion weight (daemon/fusion.py) with the best gate metric on the validation queries, ranked by
     the serving embedder's top gate.rerank_depth as the gate and production rank them."""
-    from daemon.evaluate import Corpus, corpus_embeddings, cross_scores, fuse_rankings, retrieve_scored, score
+    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings, cross_scores, fuse_rankings, retrieve_scored, score
 
     metric = settings.gate.reranker_metric
     if len(validation) < settings.train.reranker.min_validation:
@@ -97,7 +97,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
                 "reason": f"{len(validation)} validation queries < train.reranker.min_validation "
                           f"{settings.train.reranker.min_validation}: the embedder alone"}
     corpus = Corpus(engine)
-    emb = corpus_embeddings(miner, corpus, settings.state_dir / "cache" / "embeddings", job["mining_key"])
+    emb = corpus_embeddings(miner, corpus, cache_dir(settings), job["mining_key"])
     queries = sorted(validation)
     cands, sims = retrieve_scored(miner, corpus, emb, queries, max(settings.gate.rerank_depth, 10))
     cross = cross_scores(reranker, corpus, queries, cands)

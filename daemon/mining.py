@@ -136,7 +136,7 @@ def _mine(pairs: list[dict[str, Any]], engine: Engine, model, settings: Settings
     corpus once per model version, not once more for mining (`mine_hard_negatives` would re-encode it).
     Only chunks not in the cache yet are encoded, and added to it.
     """
-    from daemon.evaluate import Corpus, corpus_embeddings
+    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
 
     m = settings.train.mining
     first: dict[str, str] = {}
@@ -145,7 +145,7 @@ def _mine(pairs: list[dict[str, Any]], engine: Engine, model, settings: Settings
     if not first:
         return {}
     corpus = Corpus(engine)
-    emb = corpus_embeddings(model, corpus, settings.state_dir / "cache" / "embeddings", key)
+    emb = corpus_embeddings(model, corpus, cache_dir(settings), key)
     row_of = {cid: i for i, cid in enumerate(corpus.ids)}
     queries = [q for q in first if first[q] in row_of]
     qv = model.encode(queries, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)

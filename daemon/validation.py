@@ -80,10 +80,10 @@ class ValidationPool:
     @classmethod
     def build(cls, serving, engine, settings: Settings, key: str, validation: dict[str, set[str]],
               depth: int = 30) -> "ValidationPool":
-        from daemon.evaluate import Corpus, corpus_embeddings, retrieve
+        from daemon.evaluate import Corpus, cache_dir, corpus_embeddings, retrieve
 
         corpus = Corpus(engine)
-        emb = corpus_embeddings(serving, corpus, settings.state_dir / "cache" / "embeddings", key)
+        emb = corpus_embeddings(serving, corpus, cache_dir(settings), key)
         queries = sorted(validation)
         ids = sorted({c for top in retrieve(serving, corpus, emb, queries, depth) for c in top}
                      | {c for q in queries for c in validation[q] if c in corpus.text_of})
