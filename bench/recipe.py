@@ -120,6 +120,9 @@ def main() -> None:
             took = time.monotonic() - t
             model = load_embedder(str(out / "model"), device)
             chosen = training.get("interpolation", {})
+            if chosen:
+                print(f"{name}: validation {chosen['validation_queries']} queries; early stopping "
+                      f"{training.get('early_stopping')}; interpolation {chosen['by_alpha']}")
             results.append((f"{name} (steps {training['steps']}, alpha {chosen.get('alpha', 1.0)})",
                             scored(model, corpus, sets), took))
             for a in args.alphas:
