@@ -272,7 +272,7 @@ def _eval(args, settings, engine) -> int:
         rr = registry.get_version(engine, "reranker", args.version)
     ev = Evaluator(engine, settings)
     model = load_embedder(emb["path"], settings.train.device)
-    key = f"embedder-v{emb['version']}"
+    key = registry.vector_key(emb)
     rows = [[f"embedder v{emb['version']}", n, *m.values()] for n, m in summary(ev.embedder_scores(key, model)).items()]
     if rr is not None:
         piped = summary(ev.pipeline_scores(key, model, load_reranker(rr["path"], settings)))

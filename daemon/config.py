@@ -159,6 +159,17 @@ class QdrantSettings(_Section):
     )
 
 
+class IndexSettings(_Section):
+    encode_devices: list[str] = Field(
+        default_factory=list, description='encode the corpus (re-index, mining, gate) in one process per device '
+        '(sentence-transformers\' multi-process pool), e.g. ["cuda:0", "cuda:1"] or ["cpu", "cpu"]; empty: in process'
+    )
+    max_reindex_s: float = Field(
+        3600.0, gt=0, description="in train.embedder.mode = \"auto\", a full fine-tune whose re-index would take "
+        "longer than this (corpus size / the measured encode rate) is not trained; the query adapter is"
+    )
+
+
 class ServingSettings(_Section):
     manifest_path: str = Field(
         "", description="where the serving manifest (JSON) is written after every swap; empty means <state_dir>/serving.json"
@@ -235,6 +246,22 @@ class EmbedderTrainSettings(_ModelTrainSettings):
         True, description="score the validation queries after every epoch; stop when an epoch scores lower, and "
         "keep the best epoch's weights"
     )
+    mode: Literal["full", "adapter", "auto"] = Field(
+        "full", description='"full" fine-tunes the whole embedder (a promotion re-indexes the corpus); "adapter" '
+        'trains a query-side adapter only (documents keep the serving vectors: promotion rewrites the manifest, no '
+        're-index); "auto" trains both and promotes the full one only when it gains at least gate.min_gain more '
+        'and its re-index fits index.max_reindex_s'
+    )
+    adapter_epochs: int = Field(
+        20, ge=1, le=10_000, description="passes of the query adapter over the train examples (on cached vectors: "
+        "seconds, whatever the corpus size); 1..10000"
+    )
+    adapter_learning_rate: float = Field(1e-3, gt=0, lt=1, description="AdamW learning rate of the query adapter")
+    adapter_batch_size: int = Field(
+        64, ge=2, le=65536, description="queries per adapter step; each sees the others' answers as negatives")
+    adapter_identity_decay: float = Field(
+        0.0, ge=0, description="L2 pull of the adapter towards the identity (the serving model); 0: none"
+    )
 
     @field_validator("alphas")
     @classmethod
@@ -275,6 +302,10 @@ class RerankerTrainSettings(_ModelTrainSettings):
 class TrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description='"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps"'
+    )
+    devices: list[str] = Field(
+        default_factory=list, description='train on several devices at once with torchrun (DDP), one process each, '
+        'e.g. ["cuda:0", "cuda:1"] (or ["cpu", "cpu"]: gloo); empty or one: a single process on train.device'
     )
     trust_remote_code: bool = Field(False, description="allow model repositories to run their own code (off: safer)")
     seed: int = Field(42, description="seed for sampling, shuffling and initialization (same data + seed = same weights on CPU)")
@@ -379,6 +410,7 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)

@@ -3,6 +3,11 @@
 held-out share -> mine -> train embedder -> gate -> (promote: blue/green re-index + manifest)
      -> train reranker -> gate against the now-serving embedder -> (promote: manifest)
 
+train.embedder.mode picks the embedder candidate: "full" (a fine-tune; its promotion re-indexes), "adapter"
+(a query-side adapter on the serving embedder; its promotion rewrites the manifest only), or "auto": the
+adapter, then the full fine-tune unless its re-index would exceed index.max_reindex_s, both gated, and
+the full one promoted only when it gains gate.min_gain more (daemon/gate.py, choose_embedder).
+
 The corpus is embedded once per model version: mining reads the serving embedder's cached vectors, the
 gate adds the candidate's, and a promotion's re-index upserts those (daemon/evaluate.py, the cache).
 
@@ -25,8 +30,8 @@ from sqlalchemy.engine import Engine
 from daemon import registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator, cache_dir, prune_vectors
-from daemon.gate import Decision, gate, rebalance_heldout
-from daemon.index import build_index, serving_collection
+from daemon.gate import Decision, choose_embedder, gate, rebalance_heldout
+from daemon.index import build_index, reindex_estimate_s, serving_collection
 from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
 from daemon.train import cold_start_skip, run_job
 
@@ -82,30 +87,67 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
             log.info("train.skipped", kind=kind, reason=why_not, train_pairs=report.train_pairs)
             report.not_trained.append({"kind": kind, "reason": why_not})
             continue
-        on_stage(f"training {kind}")
-        t = time.monotonic()
-        job = run_job(engine, settings, kind, cancel=cancel)
-        mining_s = job.training.get("mining_s") or 0.0  # inside the training child, before its trainer
-        report.stages += [{"stage": "mining", "kind": kind, "seconds": mining_s},
-                          {"stage": "training", "kind": kind, "seconds": round(time.monotonic() - t - mining_s, 3)}]
-        on_stage(f"gating {kind} v{job.version}")
-        t = time.monotonic()
-        decision = gate(engine, settings, kind, job.version, evaluator=Evaluator(engine, settings))
-        report.timed("gate", kind, t)
-        registry.set_metrics(engine, kind, job.version, decision.figures.get("candidate", {}))
-        if decision.promote:
-            on_stage(f"promoting {kind} v{job.version}" + (" (re-indexing)" if kind == registry.EMBEDDER else ""))
+        if kind == registry.EMBEDDER:
+            chosen, gated = _embedder_candidates(engine, settings, report, cancel, on_stage)
+        else:
+            chosen = _train_and_gate(engine, settings, kind, "full", report, cancel, on_stage)
+            gated = [("full", chosen)]
+        if chosen is not None and chosen.promote:
+            mode = next(m for m, d in gated if d is chosen)
+            reindex = kind == registry.EMBEDDER and mode == "full"
+            on_stage(f"promoting {kind} v{chosen.candidate}" + (" (re-indexing)" if reindex else ""))
             t = time.monotonic()
-            _promote(engine, settings, decision)
+            _promote(engine, settings, chosen)
             if kind == registry.EMBEDDER:
-                report.timed("reindex", kind, t)
-        report.decisions.append({"kind": kind, "version": job.version, "outcome": decision.outcome,
-                                 "reason": decision.reason, "decision_id": decision.id})
+                report.stages.append({"stage": "reindex" if reindex else "promote", "kind": kind, "mode": mode,
+                                      "seconds": round(time.monotonic() - t, 3)})
+        report.decisions += [{"kind": kind, "mode": m, "version": d.candidate, "outcome": d.outcome,
+                              "reason": d.reason, "decision_id": d.id} for m, d in gated]
     # corpus vectors of a rejected candidate or a replaced model are never read again; the serving
     # embedder's are what the next cycle's mining and gate start from
     serving = registry.serving(engine, registry.EMBEDDER)
-    prune_vectors(cache_dir(settings), {"embedder-v0", f"embedder-v{serving['version']}"})
+    prune_vectors(cache_dir(settings), {"embedder-v0", registry.vector_key(serving)})
     return _finish(engine, report, t0)
+
+
+def _train_and_gate(engine: Engine, settings: Settings, kind: str, mode: str, report: CycleReport,
+                    cancel: threading.Event | None, on_stage: Callable[[str], None]) -> Decision:
+    """Train one candidate (a ``mode`` job), gate it against what serves, and time both."""
+    label = f"{kind} ({mode})" if kind == registry.EMBEDDER else kind
+    on_stage(f"training {label}")
+    t = time.monotonic()
+    job = run_job(engine, settings, kind, cancel=cancel, mode=mode)
+    mining_s = job.training.get("mining_s") or 0.0  # inside the training child, before its trainer
+    report.stages += [{"stage": "mining", "kind": kind, "mode": mode, "seconds": mining_s},
+                      {"stage": "training", "kind": kind, "mode": mode,
+                       "seconds": round(time.monotonic() - t - mining_s, 3)}]
+    on_stage(f"gating {label} v{job.version}")
+    t = time.monotonic()
+    decision = gate(engine, settings, kind, job.version, evaluator=Evaluator(engine, settings))
+    report.stages.append({"stage": "gate", "kind": kind, "mode": mode, "seconds": round(time.monotonic() - t, 3)})
+    registry.set_metrics(engine, kind, job.version, decision.figures.get("candidate", {}))
+    return decision
+
+
+def _embedder_candidates(engine: Engine, settings: Settings, report: CycleReport, cancel: threading.Event | None,
+                         on_stage: Callable[[str], None]) -> tuple[Decision | None, list[tuple[str, Decision]]]:
+    """The embedder candidate(s) of train.embedder.mode, gated: (the one to promote, or None; all, by mode)."""
+    mode = settings.train.embedder.mode
+    if mode != "auto":
+        d = _train_and_gate(engine, settings, registry.EMBEDDER, mode, report, cancel, on_stage)
+        return d, [(mode, d)]
+    adapter = _train_and_gate(engine, settings, registry.EMBEDDER, "adapter", report, cancel, on_stage)
+    estimate = reindex_estimate_s(engine, settings)
+    if estimate is not None and estimate > settings.index.max_reindex_s:
+        why = (f"full fine-tune not trained: its corpus encode would take ~{estimate:.0f} s at the measured rate, "
+               f"over index.max_reindex_s {settings.index.max_reindex_s:.0f} s; the query adapter needs none")
+        log.info("train.skipped", kind=registry.EMBEDDER, mode="full", reason=why, reindex_estimate_s=estimate)
+        report.not_trained.append({"kind": "embedder (full)", "reason": why})
+        return (adapter if adapter.promote else None), [("adapter", adapter)]
+    if cancel is not None and cancel.is_set():
+        return (adapter if adapter.promote else None), [("adapter", adapter)]
+    full = _train_and_gate(engine, settings, registry.EMBEDDER, "full", report, cancel, on_stage)
+    return choose_embedder(engine, settings, adapter, full), [("adapter", adapter), ("full", full)]
 
 
 def _promote(engine: Engine, settings: Settings, d: Decision) -> None:

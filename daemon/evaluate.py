@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
+from daemon.encoding import encode_documents, encode_queries
 from daemon.fusion import fused_order
 from daemon.store import Chunk, TrainingPair
 
@@ -138,7 +140,7 @@ def save_vectors(cache: Path, key: str, vectors: dict[str, np.ndarray], keep: se
     """Write the vectors of the hashes in ``keep`` (the active corpus) for ``key``, atomically."""
     cache.mkdir(parents=True, exist_ok=True)
     hashes = sorted(h for h in keep if h in vectors)
-    tmp = cache / f".{key}.tmp.npz"
+    tmp = cache / f".{key}.{os.getpid()}.tmp.npz"  # one per process: DDP ranks may write the same key
     np.savez(tmp, hashes=np.array(hashes), vectors=np.stack([vectors[h] for h in hashes]))
     tmp.replace(cache / f"{key}.npz")
 
@@ -153,14 +155,19 @@ def prune_vectors(cache: Path, keep_keys: set[str]) -> list[str]:
     return removed
 
 
-def corpus_embeddings(model, corpus: Corpus, cache: Path | None, key: str, batch_size: int = 64) -> np.ndarray:
-    """Normalized embeddings of the corpus, reusing those cached for ``key`` (a model version) by text hash."""
+def corpus_embeddings(model, corpus: Corpus, cache: Path | None, key: str, batch_size: int = 64,
+                      devices: list[str] | None = None) -> np.ndarray:
+    """Normalized document vectors of the corpus, reusing those cached for ``key`` (the model version whose
+    document vectors they are: an adapter shares its base's) by text hash. What is missing is encoded, over
+    one process per device in ``devices`` when it names two or more (index.encode_devices)."""
+    from daemon.encoding import encode_pool
+
     cached = load_vectors(cache, key)
     missing = sorted({h for h in corpus.hashes if h not in cached})
     if missing:
         text_by_hash = dict(zip(corpus.hashes, corpus.texts))
-        vecs = model.encode([text_by_hash[h] for h in missing], batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+        with encode_pool(model, devices or []) as pool:
+            vecs = encode_documents(model, [text_by_hash[h] for h in missing], batch_size, pool)
         cached.update(zip(missing, vecs))
         if cache is not None:
             save_vectors(cache, key, cached, set(corpus.hashes))
@@ -178,8 +185,7 @@ def retrieve_scored(model, corpus: Corpus, emb: np.ndarray, queries: list[str], 
     """Exact top-``depth`` chunk ids per query and their cosine similarities, best first."""
     if not queries:
         return [], []
-    q = model.encode(queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    sims = q @ emb.T
+    sims = encode_queries(model, queries) @ emb.T
     depth = min(depth, sims.shape[1])
     top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
     order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
@@ -233,7 +239,7 @@ class Evaluator:
     def __post_init__(self):
         self.corpus = Corpus(self.engine)
         self.sets = eval_sets(self.engine, self.settings.gate.max_guard_synthetic)
-        self._ranked: dict[tuple[str, str], tuple[list[list[str]], list[np.ndarray]]] = {}
+        self._ranked: dict[tuple[int, str, str], tuple[Any, tuple[list[list[str]], list[np.ndarray]]]] = {}
 
     @property
     def cache_dir(self) -> Path:
@@ -245,11 +251,14 @@ class Evaluator:
 
     def scored_candidates(self, key: str, model, set_name: str) -> tuple[list[list[str]], list[np.ndarray]]:
         """`candidates` with their first-stage similarities (what fusion combines with the reranker's)."""
-        if (key, set_name) not in self._ranked:
-            emb = corpus_embeddings(model, self.corpus, self.cache_dir, key)
-            self._ranked[(key, set_name)] = retrieve_scored(model, self.corpus, emb, self.sets[set_name].queries,
-                                                            max(self.settings.gate.rerank_depth, 10))
-        return self._ranked[(key, set_name)]
+        # by model too: a query adapter shares its serving model's corpus vectors (one key), not its ranking
+        memo = (id(model), key, set_name)
+        if memo not in self._ranked:
+            emb = corpus_embeddings(model, self.corpus, self.cache_dir, key,
+                                    devices=self.settings.index.encode_devices)
+            self._ranked[memo] = (model, retrieve_scored(model, self.corpus, emb, self.sets[set_name].queries,
+                                                         max(self.settings.gate.rerank_depth, 10)))
+        return self._ranked[memo][1]
 
     def embedder_scores(self, key: str, model) -> dict[str, Scores]:
         return {name: score(self.candidates(key, model, name), s.relevant) for name, s in self.sets.items()}

@@ -6,12 +6,17 @@ negative_1..n) and the NO_DUPLICATES batch sampler; CachedMultipleNegativesRanki
 labeled pairs (LambdaLoss on labeled lists, or CachedMultipleNegativesRankingLoss, by config).
 Both keep validation queries carved from the train split (daemon/validation.py): the embedder to stop
 early and pick its interpolation with the model it started from, the reranker to pick its fusion weight.
-On CUDA out-of-memory the step is retried with half the batch.
+On CUDA out-of-memory the step is retried with half the batch. A job in mode "adapter" trains a query
+adapter on the serving embedder from its cached corpus vectors instead (daemon/adapter.py).
+
+Under torchrun (train.devices), every rank assembles the same data and runs the same trainer (DDP); only
+rank 0 chooses, saves and describes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -37,14 +42,19 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
     kind, out = job["kind"], Path(job["out"]) / "model"
     cfg = getattr(settings.train, kind)
+    adapter = kind == "embedder" and job.get("mode") == "adapter"
     t0 = time.monotonic()
     set_seed(settings.train.seed)
-    device = pick_device(settings.train.device)
+    device = _device(settings)
     engine = open_store(settings.store_url, migrate=False)
-    # the reranker's fusion weight needs the serving embedder's first stage, so it keeps the miner
-    need_miner = settings.train.mining.mine or kind == "reranker"
+    # the reranker's fusion weight needs the serving embedder's first stage, and an adapter sits on it
+    need_miner = settings.train.mining.mine or kind == "reranker" or adapter
     miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if need_miner else None
     data = assemble(engine, settings, miner if settings.train.mining.mine else None, job["mining_key"])
+    if not data.examples:
+        raise SystemExit("no training pairs in the train split yet: ingest feedback first")
+    if adapter:
+        return _adapter_job(job, settings, engine, miner, data, device, t0)
     validation: dict[str, set[str]] = {}
     pool = None
     if kind == "reranker":
@@ -55,8 +65,6 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
         pool = ValidationPool.build(miner, engine, settings, job["mining_key"], validation)
     mining_s = time.monotonic() - t0  # loading the miner, mining and assembling
     engine.dispose()  # no store connection held while training; choose_fusion reconnects
-    if not data.examples:
-        raise SystemExit("no training pairs in the train split yet: ingest feedback first")
     precision = _precision(device, torch)
     batch = cfg.batch_size
     while True:
@@ -72,6 +80,8 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
             batch //= 2
             torch.cuda.empty_cache()
             log.warning("train.oom_retry", kind=kind, batch_size=batch)
+    if not _is_main():  # DDP: the weights are rank 0's too; it alone chooses, saves and describes
+        return {}
     fusion = choose_fusion(model, miner, engine, job, settings, validation) if kind == "reranker" else None
     engine.dispose()
     training = _describe(job, settings, data, state, device, precision, batch, time.monotonic() - t0)
@@ -80,6 +90,43 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
         training["fusion"] = fusion
     if kind == "embedder":
         training.update(chosen)
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    return training
+
+
+def _is_main() -> bool:
+    """True outside torchrun, and in its rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _device(settings: Settings) -> str:
+    """This process's device: train.device, or under torchrun the entry of train.devices for its local rank."""
+    devices = settings.train.devices
+    if len(devices) > 1 and "LOCAL_RANK" in os.environ:
+        return devices[int(os.environ["LOCAL_RANK"])]
+    return pick_device(settings.train.device)
+
+
+def _adapter_job(job: dict[str, Any], settings: Settings, engine, serving, data: TrainingData, device: str,
+                 t0: float) -> dict[str, Any]:
+    """Train a query adapter on ``serving`` from its cached corpus vectors; save and describe it."""
+    from daemon import adapter
+    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
+
+    out = Path(job["out"]) / "model"
+    corpus = Corpus(engine)
+    emb = corpus_embeddings(serving, corpus, cache_dir(settings), job["mining_key"],
+                            devices=settings.index.encode_devices)
+    row_of = {cid: i for i, cid in enumerate(corpus.ids)}
+    vectors = {c: emb[row_of[c]] for e in data.examples for c in (e.positive_id, *e.negative_ids)}
+    engine.dispose()
+    mining_s = time.monotonic() - t0
+    cfg = settings.train.embedder
+    model, state = adapter.fit_adapter(serving, data, vectors, cfg, settings.train.seed,
+                                       continue_serving=cfg.start_from == "serving")
+    model.save_pretrained(str(out), safe_serialization=True)
+    training = _describe(job, settings, data, state, device, "fp32", cfg.adapter_batch_size, time.monotonic() - t0)
+    training.update(adapter.describe(job["start_label"], job["documents"]), mining_s=round(mining_s, 2))
     (out / "training.json").write_text(json.dumps(training, indent=2))
     return training
 
@@ -111,7 +158,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
 
 
 def _precision(device: str, torch) -> str:
-    if device != "cuda":
+    if not device.startswith("cuda"):
         return "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
@@ -165,6 +212,8 @@ def _fit_embedder(start: str, data: TrainingData, settings: Settings, device: st
                                                                                                  if stopper else []))
     _train(trainer)
     chosen: dict[str, Any] = {}
+    if not _is_main():
+        return model, trainer.state, chosen
     if pool is not None:
         trained_score = stopper.restore_best() if stopper else pool.score(model)
         if stopper:
@@ -229,7 +278,8 @@ def _train(trainer) -> None:
 def _train_and_save(trainer, model, out: Path):
     """Train, then save safetensors weights into ``out``."""
     _train(trainer)
-    model.save_pretrained(str(out), safe_serialization=True)
+    if _is_main():
+        model.save_pretrained(str(out), safe_serialization=True)
     return model, trainer.state
 
 

@@ -142,6 +142,33 @@ def gate(engine: Engine, settings: Settings, kind: str, version: int, *, evaluat
     return _record(engine, Decision(kind, version, _v(serving_row), outcome, reason, figures, fixed, broken), ev)
 
 
+def choose_embedder(engine: Engine, settings: Settings, adapter: Decision, full: Decision) -> Decision | None:
+    """train.embedder.mode "auto": which of a query adapter and a full fine-tune gated in the same cycle to
+    promote (None: neither). Both were tested against what serves on the same held-out queries. The full one
+    must gain at least gate.min_gain more on the primary metric than the adapter, because its promotion
+    re-indexes the corpus and the adapter's rewrites the manifest only; the other is overruled (rejected,
+    with why), so one cycle never promotes two embedders."""
+    if not (adapter.promote and full.promote):
+        return adapter if adapter.promote else full if full.promote else None
+    a, f, margin = adapter.figures["gain"], full.figures["gain"], settings.gate.min_gain
+    if f >= a + margin:
+        overrule(engine, adapter, f"the full fine-tune v{full.candidate} gained {f:+.4f}, at least gate.min_gain "
+                                  f"{margin} more than this adapter's {a:+.4f}: worth its re-index")
+        return full
+    overrule(engine, full, f"the query adapter v{adapter.candidate} gained {a:+.4f}, within gate.min_gain {margin} "
+                           f"of this fine-tune's {f:+.4f}, and needs no re-index")
+    return adapter
+
+
+def overrule(engine: Engine, d: Decision, reason: str) -> None:
+    """Turn a promotable decision into a rejection (a better candidate of the same cycle won), stored."""
+    d.outcome, d.reason = "reject", f"{reason} (the gate alone: {d.reason})"
+    with write_tx(engine) as conn:
+        conn.execute(decisions_t.update().where(decisions_t.c.id == d.id).values(outcome=d.outcome, reason=d.reason))
+    registry.set_status(engine, d.kind, d.candidate, "rejected")
+    log.info("gate.overruled", kind=d.kind, candidate=d.candidate, reason=reason)
+
+
 def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
     """Return the held-out surplus to train, for the share this much traffic calls for.
 
@@ -176,10 +203,11 @@ def _v(row: dict[str, Any] | None) -> int | None:
 def _score_both(ev: Evaluator, settings: Settings, kind: str, cand_row, serving_row, serving_emb):
     t = settings.train
     emb_model = load_embedder(serving_emb["path"], t.device, t.trust_remote_code)
-    emb_key = f"embedder-v{serving_emb['version']}"
+    emb_key = registry.vector_key(serving_emb)
     if kind == registry.EMBEDDER:
+        # a query adapter's key is its base's: its corpus vectors are the cached ones, nothing is encoded
         cand_model = load_embedder(cand_row["path"], t.device, t.trust_remote_code)
-        return (ev.embedder_scores(f"embedder-v{cand_row['version']}", cand_model),
+        return (ev.embedder_scores(registry.vector_key(cand_row), cand_model),
                 ev.embedder_scores(emb_key, emb_model))
     # each reranker as it would serve: fused with the first stage at the weight chosen on its validation split
     serv = (ev.pipeline_scores(emb_key, emb_model, load_reranker(serving_row["path"], settings),

@@ -10,6 +10,7 @@ the half-built collection. The newest `qdrant.keep_versions` collections are kep
 from __future__ import annotations
 
 import random
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,13 @@ from sqlalchemy.engine import Engine
 from daemon import registry
 from daemon.config import Settings
 from daemon.corpus import upsert_chunks
+from daemon.encoding import encode_documents, encode_pool, encode_queries
 from daemon.errors import CorpusError, RagloopError
 from daemon.evaluate import cache_dir, load_vectors, save_vectors
 from daemon.models import load_embedder
 from daemon.progress import Progress
 from daemon.serving import publish
-from daemon.store import Chunk, IndexVersion, utcnow, write_tx
+from daemon.store import ENCODE_RATE, Chunk, IndexVersion, get_state, put_state, utcnow, write_tx
 from daemon.vectorstore import QdrantStore, open_vectors
 
 log = structlog.get_logger(__name__)
@@ -50,6 +52,7 @@ class IndexReport:
     chunks_per_s: float
     dropped: list[str]
     encoded: int = 0  # chunks encoded; the rest came from the embedding cache
+    encode_s: float = 0.0  # seconds spent encoding them
 
 
 def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | None = None, *, model=None) -> IndexReport:
@@ -70,8 +73,9 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
         _record(engine, name, settings.qdrant.alias, version, embedder, total)
         vs.create(name, model.get_embedding_dimension())
         prog = Progress("index.progress", total, unit="chunks", collection=name)
-        encoded = _fill(engine, vs, name, model, embedder["version"], settings.qdrant.batch_size, prog,
-                        cache_dir(settings))
+        with encode_pool(model, settings.index.encode_devices) as pool:
+            encoded, encode_s = _fill(engine, vs, name, model, embedder, settings.qdrant.batch_size, prog,
+                                      cache_dir(settings), pool)
         _verify(engine, vs, name, model, total, settings.qdrant.verify_sample, seed=version)
         previous = vs.alias_target()
         vs.swap_alias(name)
@@ -81,8 +85,22 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
     publish(engine, settings, name, embedder["version"])
     log.info("index.swapped", collection=name, previous=previous, embedder_version=embedder["version"],
              chunks=total, encoded=encoded, from_cache=total - encoded, dropped=dropped)
+    if encoded >= MIN_RATE_SAMPLE:
+        put_state(engine, ENCODE_RATE, {"chunks_per_s": round(encoded / max(encode_s, 1e-6), 2), "chunks": encoded,
+                                        "devices": settings.index.encode_devices, "at": utcnow().isoformat()})
     return IndexReport(name, previous, embedder["version"], total, figures["elapsed_s"],
-                       figures["chunks_per_s"], dropped, encoded)
+                       figures["chunks_per_s"], dropped, encoded, round(encode_s, 3))
+
+
+# An encode of at least this many chunks measures the corpus encode rate the re-index estimate uses.
+MIN_RATE_SAMPLE = 64
+
+
+def reindex_estimate_s(engine: Engine, settings: Settings) -> float | None:
+    """Seconds a full fine-tune's promotion would cost in corpus encoding: active chunks / the encode rate
+    the last index build measured (None before any build encoded MIN_RATE_SAMPLE chunks)."""
+    rate = (get_state(engine, ENCODE_RATE) or {}).get("chunks_per_s")
+    return round(_count_chunks(engine) / rate, 1) if rate else None
 
 
 def _count_chunks(engine: Engine) -> int:
@@ -109,24 +127,26 @@ def iter_chunks(engine: Engine, batch: int) -> Iterator[list[dict[str, Any]]]:
 WINDOW_BATCHES = 8
 
 
-def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: int, batch: int, prog: Progress,
-          cache: Path) -> int:
+def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder: dict[str, Any], batch: int, prog: Progress,
+          cache: Path, encoder_pool: dict[str, Any] | None = None) -> int:
     """Embed window i+1 while window i is upserted on a worker thread (torch releases the GIL).
 
     Vectors this model version already has in the embedding cache (the gate computed them for the
     candidate it promoted) are upserted as they are; only the rest is encoded, and added to the cache.
-    Returns how many chunks were encoded."""
-    key = f"embedder-v{embedder_version}"
+    Each window's encode runs over ``encoder_pool`` (index.encode_devices) when there is one.
+    Returns how many chunks were encoded, and the seconds their encoding took."""
+    key, embedder_version = registry.vector_key(embedder), embedder["version"]
     cached = load_vectors(cache, key)
     seen: set[str] = set()
-    encoded = 0
+    encoded, encode_s = 0, 0.0
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragloop-upsert") as pool:
         for rows in iter_chunks(engine, batch * WINDOW_BATCHES):
             todo = [r for r in rows if r["text_hash"] not in cached]
             if todo:
-                fresh = model.encode([r["text"] for r in todo], batch_size=batch, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
+                t = time.monotonic()
+                fresh = encode_documents(model, [r["text"] for r in todo], batch, encoder_pool)
+                encode_s += time.monotonic() - t
                 cached.update(zip((r["text_hash"] for r in todo), fresh))
                 encoded += len(todo)
             seen.update(r["text_hash"] for r in rows)
@@ -141,7 +161,7 @@ def _fill(engine: Engine, vs: QdrantStore, name: str, model, embedder_version: i
     _set_points(engine, name, prog.done)
     if encoded:
         save_vectors(cache, key, cached, seen)
-    return encoded
+    return encoded, encode_s
 
 
 def _upsert_window(vs: QdrantStore, name: str, rows, vectors, embedder_version: int, batch: int) -> None:
@@ -161,8 +181,7 @@ def _verify(engine: Engine, vs: QdrantStore, name: str, model, total: int, sampl
         rows = conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text, chunks_t.c.text_hash)
                             .where(chunks_t.c.id.in_(picked))).all() if picked else []
     if rows:
-        vecs = model.encode([r.text for r in rows], normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
+        vecs = encode_documents(model, [r.text for r in rows])
         # A chunk with the same text as another may be beaten by its twin: same hash counts as found.
         lost = [r.id for r, v in zip(rows, vecs)
                 if (top := vs.search(name, v, 1)) and top[0][0] != r.id and top[0][2].get("text_hash") != r.text_hash]
@@ -268,12 +287,12 @@ def serving_collection(engine: Engine, settings: Settings) -> dict[str, Any] | N
 
 
 def search(engine: Engine, settings: Settings, query: str, k: int = 10, model=None) -> list[tuple[str, float, dict]]:
-    """Embed ``query`` with the embedder that built the alias's collection and search the alias."""
-    cur = serving_collection(engine, settings)
-    if cur is None:
+    """Embed ``query`` with the serving embedder (its query route, as production does) and search the alias."""
+    if serving_collection(engine, settings) is None:
         raise IndexError_("nothing is indexed yet: run `ragloop index build`")
-    model = model or load_embedder(cur["embedder_path"], settings.train.device, settings.train.trust_remote_code)
-    vec = model.encode([query], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+    emb = registry.ensure_base_embedder(engine, settings)
+    model = model or load_embedder(emb["path"], settings.train.device, settings.train.trust_remote_code)
+    vec = encode_queries(model, [query])[0]
     with open_vectors(settings) as vs:
         return vs.search(settings.qdrant.alias, vec, k)
 

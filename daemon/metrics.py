@@ -31,7 +31,7 @@ from daemon.store import COUNTERS, GateDecision, Quarantine, decision_figures, g
 
 log = structlog.get_logger(__name__)
 
-STAGES = ("ingest", "mining", "training", "gate", "reindex", "cycle")
+STAGES = ("ingest", "mining", "training", "gate", "reindex", "promote", "cycle")
 # Ingest passes take milliseconds to minutes, training and re-index minutes to hours.
 BUCKETS = (0.05, 0.25, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, float("inf"))
 # Quarantine reasons are sentences that name the line's values; these classes keep the label set small.

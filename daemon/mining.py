@@ -136,6 +136,7 @@ def _mine(pairs: list[dict[str, Any]], engine: Engine, model, settings: Settings
     corpus once per model version, not once more for mining (`mine_hard_negatives` would re-encode it).
     Only chunks not in the cache yet are encoded, and added to it.
     """
+    from daemon.encoding import encode_queries
     from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
 
     m = settings.train.mining
@@ -145,10 +146,10 @@ def _mine(pairs: list[dict[str, Any]], engine: Engine, model, settings: Settings
     if not first:
         return {}
     corpus = Corpus(engine)
-    emb = corpus_embeddings(model, corpus, cache_dir(settings), key)
+    emb = corpus_embeddings(model, corpus, cache_dir(settings), key, devices=settings.index.encode_devices)
     row_of = {cid: i for i, cid in enumerate(corpus.ids)}
     queries = [q for q in first if first[q] in row_of]
-    qv = model.encode(queries, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    qv = encode_queries(model, queries)  # as production ranks: through the serving model's query route
     depth = min(m.range_max + 1, len(corpus.ids))  # one more: the positive itself is among them
     mined: dict[str, list[str]] = {}
     for start in range(0, len(queries), 256):  # bounded memory: 256 x corpus similarities at a time

@@ -2,6 +2,8 @@
 
 Status flow: candidate -> serving | rejected; serving -> retired when another takes its place.
 Version 0 of the embedder is the configured base, registered as serving on first use.
+An embedder version is either a full model or a query adapter on another version (daemon/adapter.py): its
+lineage's "documents" names the version whose document vectors it uses, and so the index it needs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ def serving(engine: Engine, kind: str) -> dict[str, Any] | None:
         row = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "serving")
                            ).mappings().first()
     return dict(row) if row else None
+
+
+def documents_version(row: dict[str, Any]) -> int:
+    """The embedder version whose document vectors ``row`` uses: its own, or, for a query adapter, those of
+    the model it adapts (the index built for that model serves it as it is)."""
+    return int((row.get("lineage") or {}).get("documents", row["version"]))
+
+
+def vector_key(row: dict[str, Any]) -> str:
+    """The embedding cache's key of ``row``'s corpus vectors: one per document model, shared by its adapters."""
+    return f"{EMBEDDER}-v{documents_version(row)}"
+
+
+def is_adapter(row: dict[str, Any]) -> bool:
+    return documents_version(row) != row["version"]
 
 
 def get_version(engine: Engine, kind: str, version: int) -> dict[str, Any] | None:
@@ -97,10 +114,18 @@ def set_metrics(engine: Engine, kind: str, version: int, metrics: dict[str, Any]
                      .values(metrics=metrics))
 
 
+def _last_retired(engine: Engine, kind: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "retired")
+                           .order_by(versions_t.c.status_at.desc(), versions_t.c.version.desc())).mappings().first()
+    return dict(row) if row else None
+
+
 def promote(engine: Engine, settings: Settings, kind: str, version: int, *, forced: bool = False) -> None:
     """Make a candidate serve. An embedder is re-indexed (blue/green) first and marked serving only
-    after the alias swapped: a failed re-index leaves the old embedder serving. A reranker needs no
-    re-index; the manifest is rewritten so production picks it up."""
+    after the alias swapped: a failed re-index leaves the old embedder serving. A query adapter on the
+    document model of the serving collection needs no re-index, nor does a reranker: the manifest is
+    rewritten so production picks them up."""
     from daemon.index import build_index, serving_collection
     from daemon.serving import publish
 
@@ -108,13 +133,20 @@ def promote(engine: Engine, settings: Settings, kind: str, version: int, *, forc
     if row is None:
         raise KeyError(f"no {kind} version {version}; see `ragloop models`")
     if kind == EMBEDDER:
+        cur = serving_collection(engine, settings)
+        builder = get_version(engine, EMBEDDER, cur["embedder_version"]) if cur else None
+        if builder is not None and documents_version(builder) == documents_version(row):
+            set_serving(engine, kind, version)  # the collection already holds this model's document vectors
+            publish(engine, settings, cur["collection"], version)
+            log.info("registry.promoted", kind=kind, version=version, forced=forced, reindexed=False)
+            return
         build_index(engine, settings, row)  # raises on failure: nothing changes
         set_serving(engine, kind, version)
     else:
         set_serving(engine, kind, version)
         cur = serving_collection(engine, settings)
         if cur is not None:
-            publish(engine, settings, cur["collection"], cur["embedder_version"])
+            publish(engine, settings, cur["collection"], serving(engine, EMBEDDER)["version"])
     log.info("registry.promoted", kind=kind, version=version, forced=forced)
 
 
@@ -123,12 +155,18 @@ def rollback(engine: Engine, settings: Settings, kind: str) -> dict[str, Any]:
     from daemon.index import rollback_index, serving_collection
     from daemon.serving import publish
 
-    if kind == EMBEDDER:
-        return rollback_index(engine, settings)
     current = serving(engine, kind)
-    with engine.connect() as conn:
-        prev = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "retired")
-                            .order_by(versions_t.c.status_at.desc(), versions_t.c.version.desc())).mappings().first()
+    prev = _last_retired(engine, kind)
+    if kind == EMBEDDER:
+        cur = serving_collection(engine, settings)
+        if current is None or prev is None or cur is None or documents_version(prev) != documents_version(current):
+            return rollback_index(engine, settings)
+        # the previous embedder reads the same document vectors (one of them is a query adapter): no swap
+        set_serving(engine, kind, prev["version"])
+        publish(engine, settings, cur["collection"], prev["version"])
+        result = {"collection": cur["collection"], "previous": cur["collection"], "embedder_version": prev["version"]}
+        log.info("registry.rollback", kind=kind, **result)
+        return result
     if current is None and prev is None:
         raise RuntimeError(f"no {kind} to roll back: none is serving and none served before")
     if prev is not None:
@@ -137,7 +175,7 @@ def rollback(engine: Engine, settings: Settings, kind: str) -> dict[str, Any]:
         set_status(engine, kind, current["version"], "retired")  # back to "no reranker"
     cur = serving_collection(engine, settings)
     if cur is not None:
-        publish(engine, settings, cur["collection"], cur["embedder_version"])
+        publish(engine, settings, cur["collection"], serving(engine, EMBEDDER)["version"])
     result = {"kind": kind, "from": current["version"] if current else None, "to": prev["version"] if prev else None}
     log.info("registry.rollback", **result)
     return result

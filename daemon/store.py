@@ -227,6 +227,7 @@ HOOK_RESULT = "serving.on_promote"
 HEARTBEAT = "service.heartbeat"
 SCHEDULE = "service.schedule"
 COUNTERS = "service.counters"
+ENCODE_RATE = "index.encode_rate"
 
 
 def put_state(engine: Engine, key: str, value: dict[str, Any]) -> None:

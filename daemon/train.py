@@ -50,17 +50,24 @@ class TrainResult:
     training: dict[str, Any]
 
 
-def start_path(engine: Engine, settings: Settings, kind: str) -> tuple[str, str]:
+def start_path(engine: Engine, settings: Settings, kind: str, mode: str = "full") -> tuple[str, str]:
     """(path to start from, its label in the lineage) for a job of ``kind``.
+
+    A query adapter always sits on the serving embedder (the index holds its document vectors). A full
+    fine-tune continues from the serving embedder's document model: when a query adapter serves, the
+    model it adapts (an adapter's asymmetric query route cannot be folded into one symmetric model).
 
     Raises:
         TrainError: a configured base that is neither a folder nor a hub id, before any work.
     """
     cfg = getattr(settings.train, kind)
-    if cfg.start_from == "serving":
-        current = registry.serving(engine, kind)
-        if current is not None:
-            return current["path"], f"{kind} v{current['version']}"
+    current = registry.serving(engine, kind)
+    if kind == registry.EMBEDDER and mode == "adapter":
+        return current["path"], f"{kind} v{current['version']}"
+    if cfg.start_from == "serving" and current is not None:
+        if kind == registry.EMBEDDER and registry.is_adapter(current):
+            current = registry.get_version(engine, kind, registry.documents_version(current))
+        return current["path"], f"{kind} v{current['version']}"
     base = base_embedder_path(cfg.base) if kind == registry.EMBEDDER else (cfg.base or packaged_minilm())
     if cfg.base and not Path(cfg.base).exists() and (cfg.base.startswith(("/", ".", "~")) or "/" not in cfg.base):
         raise TrainError(f"train.{kind}.base = {cfg.base!r} is not a folder (nor a Hugging Face id like "
@@ -86,8 +93,11 @@ def cold_start_skip(engine: Engine, settings: Settings, kind: str, train_pairs: 
 
 
 def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.Event | None = None,
-            timeout_s: float | None = None) -> TrainResult:
+            timeout_s: float | None = None, mode: str = "full") -> TrainResult:
     """Train one ``kind`` model in a child process and register it as a candidate.
+
+    ``mode`` "adapter" trains a query adapter on the serving embedder (daemon/adapter.py) instead of a full
+    fine-tune; with train.devices naming several devices, a full fine-tune runs under torchrun (DDP).
 
     Raises:
         TrainError: bad configuration (before any work), a failed or timed-out child.
@@ -97,17 +107,21 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
         raise TrainError(f"unknown model kind {kind!r}; use one of {KINDS}")
     serving_embedder = registry.ensure_base_embedder(engine, settings)
     mining_model = serving_embedder["path"]
-    start, start_label = start_path(engine, settings, kind)
+    if kind != registry.EMBEDDER:
+        mode = "full"
+    start, start_label = start_path(engine, settings, kind, mode)
     root = settings.models_dir / kind
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
     tmp = root / f".tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     job = {"kind": kind, "settings": settings.model_dump(mode="json"), "start": start, "start_label": start_label,
-           "mining_model": mining_model, "mining_key": f"embedder-v{serving_embedder['version']}", "out": str(tmp)}
+           "mining_model": mining_model, "mining_key": registry.vector_key(serving_embedder), "out": str(tmp),
+           "mode": mode, "documents": registry.documents_version(serving_embedder)}
     (tmp / "job.json").write_text(json.dumps(job))
     try:
-        _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s)
+        _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s,
+                   settings.train.devices if mode == "full" else [])
         training = json.loads((tmp / "model" / "training.json").read_text())
         version = _register(engine, kind, tmp, root, start_label, training)
     except BaseException:
@@ -120,10 +134,19 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     return TrainResult(kind, version, path, training)
 
 
-def _run_child(job_path: Path, cancel: threading.Event | None, timeout_s: float) -> None:
+def child_command(job_path: Path, devices: list[str]) -> list[str]:
+    """The training child: one process, or with two or more ``devices`` one process per device under
+    torchrun (PyTorch's launcher; the sentence-transformers trainers run DDP under it, gloo on CPUs)."""
+    if len(devices) < 2:
+        return [sys.executable, "-m", "daemon.train", str(job_path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={len(devices)}",
+            "-m", "daemon.train", str(job_path)]
+
+
+def _run_child(job_path: Path, cancel: threading.Event | None, timeout_s: float, devices: list[str] = ()) -> None:
     # start_new_session: the child gets its own process group, so a Ctrl-C at the terminal reaches only
-    # the daemon, which then decides to cancel the job cleanly.
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.train", str(job_path)], start_new_session=True)
+    # the daemon, which then decides to cancel the job cleanly (killpg reaches torchrun's workers too).
+    proc = subprocess.Popen(child_command(job_path, list(devices)), start_new_session=True)
     deadline = time.monotonic() + timeout_s
     try:
         while proc.poll() is None:
@@ -161,6 +184,8 @@ def _register(engine: Engine, kind: str, tmp: Path, root: Path, base: str, train
     """
     lineage = {"pair_ids": training["pairs"]["ids"], "pairs": training["pairs"]["total"],
                "data_hash": training["data_hash"], "base": base}
+    if training.get("mode") == "adapter":  # whose document vectors (and so which index) it serves with
+        lineage.update(mode="adapter", documents=training["documents"])
     version = registry.next_version(engine, kind)
     final = root / f"v{version}"
     if final.exists():

@@ -93,9 +93,10 @@ class ValidationPool:
     def score(self, model) -> float:
         from daemon.evaluate import score
 
-        docs = model.encode(self.texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
-        qs = model.encode(self.queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        from daemon.encoding import encode_documents, encode_queries
+
+        docs = encode_documents(model, self.texts)
+        qs = encode_queries(model, self.queries)
         order = (-(qs @ docs.T)).argsort(axis=1)[:, :10]
         return score([[self.ids[j] for j in row] for row in order], self.relevant).mean()[self.metric]
 
