@@ -10,7 +10,10 @@ the base embedder on that train split, and the result is scored on the gate's he
 unseen half, which neither training nor the gate ever sees. The base embedder and the one-shot script
 (trained on every traffic question) are scored in the same run. `--alphas` also scores each recipe's
 weight interpolation with the base, θ = α·θ_new + (1−α)·θ_base, at fixed α: the curve that
-`train.embedder.interpolation` chooses a point of on validation queries. The last line is key=value pairs.
+`train.embedder.interpolation` chooses a point of on validation queries. A recipe with
+train.embedder.mode=adapter trains the query adapter (daemon/adapter.py) on the base's corpus vectors and
+is scored on those same vectors, as it would serve. The base's corpus vectors are kept in bench/.cache.
+The last line is key=value pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +40,7 @@ from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmarks import DIRS  # noqa: E402
+from benchmarks import CACHE, DIRS  # noqa: E402
 from loop_quality import log_wave, script_unseen  # noqa: E402
 
 
@@ -63,8 +67,9 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
-def scored(model, corpus: Corpus, sets: dict[str, tuple[list[str], list[set[str]]]]) -> dict[str, dict[str, float]]:
-    emb = corpus_embeddings(model, corpus, None, "recipe")
+def scored(model, corpus: Corpus, sets: dict[str, tuple[list[str], list[set[str]]]], cache: Path | None = None,
+           key: str = "recipe") -> dict[str, dict[str, float]]:
+    emb = corpus_embeddings(model, corpus, cache, key)
     return {name: score(retrieve(model, corpus, emb, qs, 10), rel).mean() for name, (qs, rel) in sets.items()}
 
 
@@ -94,8 +99,13 @@ def main() -> None:
         corpus = Corpus(engine)
         base = load_embedder(packaged_minilm(), device)
         wrong: dict[str, str] = {}
-        misses = log_wave(base, "embedder-v0", corpus, settings.state_dir / "cache" / "embeddings", traffic, 0,
-                          work / "feedback.jsonl", wrong)
+        cache, kept = settings.state_dir / "cache" / "embeddings", CACHE / "embeddings" / args.benchmark
+        if (kept / "embedder-v0.npz").exists():  # the base model's vectors, by text hash: valid across runs
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kept / "embedder-v0.npz", cache / "embedder-v0.npz")
+        misses = log_wave(base, "embedder-v0", corpus, cache, traffic, 0, work / "feedback.jsonl", wrong)
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache / "embedder-v0.npz", kept / "embedder-v0.npz")
         ingest_once(engine, settings)
         held = rebalance_heldout(engine, settings)
         h = eval_sets(engine)["heldout"]
@@ -103,7 +113,7 @@ def main() -> None:
                 "unseen": ([q["query"] for q in unseen], [set(q["expected_ids"]) for q in unseen])}
         print(f"benchmark {args.benchmark}: {len(traffic)} traffic questions ({misses} misses), held out "
               f"{held['heldout_queries']} of {held['queries']}; {len(unseen)} unseen; {len(corpus.ids)} chunks; {device}")
-        results.append(("base embedder", scored(base, corpus, sets), 0.0))
+        results.append(("base embedder", scored(base, corpus, sets, cache, "embedder-v0"), 0.0))
         if not args.no_script:
             t = time.monotonic()
             sc = script_unseen(corpus, traffic, wrong, unseen, work / "script", device)
@@ -113,8 +123,9 @@ def main() -> None:
             s = settings_from_dict(merge(base_settings, {"train": over}), "bench", base_dir=work)
             out = work / "jobs" / name
             out.mkdir(parents=True)
-            job = {"kind": "embedder", "start": packaged_minilm(), "start_label": "base", "out": str(out),
-                   "mining_model": packaged_minilm(), "mining_key": "embedder-v0"}
+            mode = s.train.embedder.mode
+            job = {"kind": "embedder", "start": packaged_minilm(), "start_label": "embedder v0", "out": str(out),
+                   "mining_model": packaged_minilm(), "mining_key": "embedder-v0", "mode": mode, "documents": 0}
             t = time.monotonic()
             training = fit(job, s)
             took = time.monotonic() - t
@@ -123,8 +134,10 @@ def main() -> None:
             if chosen:
                 print(f"{name}: validation {chosen['validation_queries']} queries; early stopping "
                       f"{training.get('early_stopping')}; interpolation {chosen['by_alpha']}")
+            # an adapter serves on the base's document vectors; a full fine-tune encodes the corpus anew
             results.append((f"{name} (steps {training['steps']}, alpha {chosen.get('alpha', 1.0)})",
-                            scored(model, corpus, sets), took))
+                            scored(model, corpus, sets, cache if mode == "adapter" else None,
+                                   "embedder-v0" if mode == "adapter" else name), took))
             for a in args.alphas:
                 mixed = interpolate(load_embedder(str(out / "model"), device), base, a)
                 results.append((f"  {name} at alpha {a}", scored(mixed, corpus, sets), 0.0))

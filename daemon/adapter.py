@@ -95,7 +95,8 @@ def start_dense(serving, continue_serving: bool):
 
 def fit_adapter(serving, data: TrainingData, doc_vectors: dict[str, np.ndarray], cfg, seed: int,
                 continue_serving: bool = True):
-    """Train a query adapter for ``serving`` on ``data``, with each chunk's cached ``doc_vectors`` (by id).
+    """Train a query adapter for ``serving`` on ``data``, with the cached ``doc_vectors`` (by chunk id) of at
+    least every chunk the examples name; with cfg.adapter_candidates "corpus", of the corpus they rank against.
 
     Returns (the candidate model, a trainer-like state with global_step and log_history)."""
     import torch
@@ -109,6 +110,8 @@ def fit_adapter(serving, data: TrainingData, doc_vectors: dict[str, np.ndarray],
     pos = torch.from_numpy(np.stack([doc_vectors[c] for c in pos_ids]))
     neg = torch.from_numpy(np.stack([np.stack([doc_vectors[c] for c in e.negative_ids[:n_neg]])
                                      if n_neg else np.zeros((0, pos.shape[1]), np.float32) for e in examples]))
+    corpus, target, mask = (_corpus_candidates(examples, doc_vectors, seed) if cfg.adapter_candidates == "corpus"
+                            else (None, None, None))
     dense = start_dense(serving, continue_serving).to("cpu")
     linear = dense.linear
     w0, b0 = linear.weight.detach().clone(), linear.bias.detach().clone()
@@ -118,8 +121,11 @@ def fit_adapter(serving, data: TrainingData, doc_vectors: dict[str, np.ndarray],
         order = torch.randperm(len(examples))
         for start in range(0, len(examples), cfg.adapter_batch_size):
             batch = order[start:start + cfg.adapter_batch_size]
-            loss = _batch_loss(linear, q_in[batch], pos[batch], neg[batch], [pos_ids[i] for i in batch.tolist()],
-                               [examples[i].negative_ids[:n_neg] for i in batch.tolist()])
+            if corpus is not None:
+                loss = _corpus_loss(linear, q_in[batch], corpus, target[batch], mask[batch])
+            else:
+                loss = _batch_loss(linear, q_in[batch], pos[batch], neg[batch], [pos_ids[i] for i in batch.tolist()],
+                                   [examples[i].negative_ids[:n_neg] for i in batch.tolist()])
             if cfg.adapter_identity_decay:
                 loss = loss + cfg.adapter_identity_decay * ((linear.weight - w0).pow(2).sum()
                                                             + (linear.bias - b0).pow(2).sum())
@@ -133,6 +139,40 @@ def fit_adapter(serving, data: TrainingData, doc_vectors: dict[str, np.ndarray],
     log.info("train.adapter", examples=len(examples), negatives=n_neg, steps=step, seconds=round(runtime, 2),
              final_loss=history[-2]["loss"] if step else None)
     return build(serving, dense.to(serving.device)), SimpleNamespace(global_step=step, log_history=history)
+
+
+MAX_CANDIDATES = 65_536
+
+
+def _corpus_candidates(examples, doc_vectors: dict[str, np.ndarray], seed: int):
+    """(candidate vectors, each example's answer row, mask of its other answers): every chunk the examples name,
+    plus the rest of ``doc_vectors`` up to MAX_CANDIDATES (a fixed random sample beyond that)."""
+    import random
+
+    import torch
+
+    named = list(dict.fromkeys(c for e in examples for c in (e.positive_id, *e.negative_ids)))
+    rest = [c for c in doc_vectors if c not in set(named)]
+    if len(named) + len(rest) > MAX_CANDIDATES:
+        rest = random.Random(seed).sample(rest, max(0, MAX_CANDIDATES - len(named)))
+    ids = named + rest
+    row = {c: i for i, c in enumerate(ids)}
+    answers: dict[str, set[int]] = {}
+    for e in examples:
+        answers.setdefault(e.query, set()).add(row[e.positive_id])
+    target = torch.tensor([row[e.positive_id] for e in examples])
+    mask = torch.zeros(len(examples), len(ids), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        mask[i, list(answers[e.query] - {row[e.positive_id]})] = True
+    return torch.from_numpy(np.stack([doc_vectors[c] for c in ids])), target, mask
+
+
+def _corpus_loss(linear, q, corpus, target, mask):
+    """The retrieval objective: cross-entropy of each query's answer against every candidate chunk."""
+    import torch.nn.functional as F
+
+    scores = SCALE * F.normalize(linear(q), dim=-1) @ corpus.T
+    return F.cross_entropy(scores.masked_fill(mask, float("-inf")), target)
 
 
 def _batch_loss(linear, q, pos, neg, pos_ids: list[str], neg_ids: list[list[str]]):

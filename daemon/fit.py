@@ -118,7 +118,10 @@ def _adapter_job(job: dict[str, Any], settings: Settings, engine, serving, data:
     emb = corpus_embeddings(serving, corpus, cache_dir(settings), job["mining_key"],
                             devices=settings.index.encode_devices)
     row_of = {cid: i for i, cid in enumerate(corpus.ids)}
-    vectors = {c: emb[row_of[c]] for e in data.examples for c in (e.positive_id, *e.negative_ids)}
+    if settings.train.embedder.adapter_candidates == "corpus":
+        vectors = dict(zip(corpus.ids, emb))
+    else:
+        vectors = {c: emb[row_of[c]] for e in data.examples for c in (e.positive_id, *e.negative_ids)}
     engine.dispose()
     mining_s = time.monotonic() - t0
     cfg = settings.train.embedder
@@ -327,6 +330,7 @@ def _describe(job, settings: Settings, data: TrainingData, state, device: str, p
                             "weights": settings.train.weights},
         "seed": settings.train.seed,
         "device": device,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # processes under torchrun (train.devices)
         "precision": precision,
         "libraries": {"python": platform.python_version(), "torch": torch.__version__,
                       "transformers": transformers.__version__,

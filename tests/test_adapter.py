@@ -56,10 +56,12 @@ def _training_data(n: int = 40) -> tuple[TrainingData, dict[str, str]]:
     return TrainingData(examples, texts), chunks
 
 
-def test_the_adapter_learns_from_cached_vectors_and_leaves_documents_alone(minilm):
+@pytest.mark.parametrize("candidates", ["batch", "corpus"])
+def test_the_adapter_learns_from_cached_vectors_and_leaves_documents_alone(minilm, candidates):
     data, chunks = _training_data()
     vectors = dict(zip(data.texts, minilm.encode(list(data.texts.values()), normalize_embeddings=True)))
-    cfg = EmbedderTrainSettings(adapter_epochs=30, adapter_batch_size=16, negatives=1)
+    cfg = EmbedderTrainSettings(adapter_epochs=30, adapter_batch_size=16, negatives=1, adapter_identity_decay=0.0,
+                                adapter_candidates=candidates)
     with capture_logs() as cap:
         model, state = adapter.fit_adapter(minilm, data, vectors, cfg, seed=1)
     losses = [h["loss"] for h in state.log_history if "loss" in h]
@@ -77,6 +79,11 @@ def test_the_adapter_learns_from_cached_vectors_and_leaves_documents_alone(minil
     np.testing.assert_allclose(model.encode_document([data.texts[c] for c in ids[:5]], normalize_embeddings=True),
                                docs[:5], atol=1e-6)
     assert next(e for e in cap if e["event"] == "train.adapter")["steps"] == 90
+    # the identity pull keeps the adapter nearer the serving model
+    eye = torch.eye(384)
+    pulled, _ = adapter.fit_adapter(minilm, data, vectors, cfg.model_copy(update={"adapter_identity_decay": 1.0}), seed=1)
+    drift = [float((adapter.query_adapter(m).linear.weight.detach() - eye).norm()) for m in (model, pulled)]
+    assert 0 < drift[1] < 0.5 * drift[0]
 
 
 @pytest.fixture

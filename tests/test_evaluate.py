@@ -36,9 +36,9 @@ def test_embeddings_are_cached_by_model_and_chunk_hash(settings, engine, tmp_pat
     calls = []
 
     class Counting:
-        def encode(self, texts, **kw):
+        def encode_document(self, texts, **kw):
             calls.append(len(texts))
-            return minilm.encode(texts, **kw)
+            return minilm.encode_document(texts, **kw)
 
     cache = tmp_path / "cache"
     a = corpus_embeddings(Counting(), corpus, cache, "embedder-v0")

@@ -202,9 +202,13 @@ class _Counting:
     def __init__(self, model):
         self.model, self.texts = model, 0
 
-    def encode(self, texts, **kw):
+    def encode_document(self, texts, **kw):
         self.texts += len(texts)
-        return self.model.encode(texts, **kw)
+        return self.model.encode_document(texts, **kw)
+
+    def encode_query(self, texts, **kw):
+        self.texts += len(texts)
+        return self.model.encode_query(texts, **kw)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

@@ -36,9 +36,12 @@ def test_mining_reads_the_serving_models_cached_vectors(store, engine, minilm):
     emb = corpus_embeddings(minilm, corpus, cache_dir(store), "embedder-v0")
 
     class Refusing:
-        def encode(self, texts, **kw):
+        def encode_document(self, texts, **kw):
             assert len(texts) < len(corpus.ids), "the corpus was encoded again"
-            return minilm.encode(texts, **kw)
+            return minilm.encode_document(texts, **kw)
+
+        def encode_query(self, texts, **kw):
+            return minilm.encode_query(texts, **kw)
 
     data = assemble(engine, store, Refusing(), "embedder-v0")
     assert emb.shape[0] == len(corpus.ids) and data.examples

@@ -42,6 +42,21 @@ def _heldout_pair_ids(engine) -> set[int]:
 
 
 @pytest.mark.slow
+def test_a_full_fine_tune_runs_ddp_under_torchrun_on_two_cpu_processes(store, engine, minilm):
+    from daemon.models import load_embedder
+    from daemon.train import child_command
+
+    store.train.devices = ["cpu", "cpu"]
+    assert child_command(Path("job.json"), store.train.devices)[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    job = run_job(engine, store, "embedder")
+    t = job.training
+    assert t["world_size"] == 2 and t["steps"] == 2 and len(t["loss_curve"]) == 2  # gloo: the ranks stepped together
+    assert list(Path(job.path).glob("*.safetensors")) and registry.get_version(engine, "embedder", 1)["status"] == "candidate"
+    q = ["How do I install a Python package?"]
+    assert not np.allclose(load_embedder(job.path, "cpu").encode(q), minilm.encode(q))
+
+
+@pytest.mark.slow
 def test_two_step_training_of_both_models_registers_candidates(store, engine, minilm):
     from sentence_transformers.cross_encoder import CrossEncoder
 
