@@ -11,6 +11,7 @@ GPU, or per CPU core.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -37,15 +38,25 @@ def encode_queries(model, texts: list[str], batch_size: int = 64) -> np.ndarray:
 
 
 @contextmanager
-def encode_pool(model, devices: list[str]) -> Iterator[dict[str, Any] | None]:
-    """A multi-process pool over ``devices`` (two or more), else None (encode in this process).
-
-    The pool's processes are stopped on exit, also when the encode fails."""
-    if len(devices) < 2:
+def encode_pool(model, devices: list[str], min_devices: int = 2) -> Iterator[dict[str, Any] | None]:
+    """A multi-process pool over ``devices`` when they are at least ``min_devices``, else None (encode in this
+    process). The pool's processes are stopped on exit, also when the encode fails."""
+    if len(devices) < max(1, min_devices):
         yield None
         return
     home = model.device  # starting a pool moves the model to the CPU; it goes back afterwards
-    pool = model.start_multi_process_pool(list(devices))
+    # CPU workers share the cores: each gets its share of threads (torch reads OMP_NUM_THREADS as a spawned
+    # worker imports it), else N workers x all cores oversubscribe the machine and encode slower than one
+    cpu_workers = sum(1 for d in devices if str(d).startswith("cpu"))
+    threads = str(max(1, (os.cpu_count() or 1) // cpu_workers)) if cpu_workers else None
+    before = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = threads
+    try:
+        pool = model.start_multi_process_pool(list(devices))
+    finally:
+        if threads:
+            os.environ.pop("OMP_NUM_THREADS") if before is None else os.environ.update(OMP_NUM_THREADS=before)
     log.info("encode.pool", devices=list(devices))
     try:
         yield pool
