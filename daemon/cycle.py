@@ -113,7 +113,7 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
 def _train_and_gate(engine: Engine, settings: Settings, kind: str, mode: str, report: CycleReport,
                     cancel: threading.Event | None, on_stage: Callable[[str], None]) -> Decision:
     """Train one candidate (a ``mode`` job), gate it against what serves, and time both."""
-    label = f"{kind} ({mode})" if kind == registry.EMBEDDER else kind
+    label = kind if mode == "full" else f"{kind} ({mode})"
     on_stage(f"training {label}")
     t = time.monotonic()
     job = run_job(engine, settings, kind, cancel=cancel, mode=mode)

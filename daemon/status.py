@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from daemon.registry import documents_version
 from daemon.store import (Chunk, EventCount, GateDecision, IndexVersion, IngestCursor, ModelVersion, PendingPairs,
                            Quarantine, TrainingPair, decision_figures, HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, get_state, utcnow)
 
@@ -66,7 +67,9 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
         "chunks": {"active": chunks_active, "removed": chunks_removed},
         "files": files,
         "serving": {
-            "models": {r["kind"]: {"version": r["version"], "path": r["path"]} for r in serving_rows},
+            # "documents": the version whose document vectors the index holds for it (a query adapter's base)
+            "models": {r["kind"]: {"version": r["version"], "path": r["path"], "documents": documents_version(dict(r))}
+                       for r in serving_rows},
             "collection": idx["collection"] if idx else None,
             "indexed_chunks": idx["points"] if idx else None,
             "on_promote": get_state(engine, HOOK_RESULT),
@@ -143,7 +146,9 @@ def _render_serving(sv: dict[str, Any]) -> str:
         table(["what", "value"], [
             ["alias -> collection", sv["collection"] or "(not indexed: run `ragloop index build`)"],
             ["indexed chunks", sv["indexed_chunks"]],
-            ["embedder", f"v{emb['version']} {emb['path']}" if emb else None],
+            ["embedder", (f"v{emb['version']}" + (f" (query adapter on v{emb['documents']}'s document vectors)"
+                                                 if emb.get("documents", emb["version"]) != emb["version"] else "")
+                          + f" {emb['path']}") if emb else None],
             ["reranker", f"v{rr['version']} {rr['path']}" if rr else "none"],
             ["last on_promote", f"{hook_line} at {hook['at']}" if hook else hook_line],
         ]),

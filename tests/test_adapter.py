@@ -19,6 +19,7 @@ from daemon.gate import Decision, _record, choose_embedder, gate
 from daemon.index import build_index, search, serving_collection
 from daemon.mining import Example, TrainingData
 from daemon.models import load_embedder
+from daemon.status import collect_status, render_status
 from daemon.store import GateDecision
 
 from conftest import example_chunks, example_questions
@@ -113,6 +114,8 @@ def test_an_adapter_is_gated_on_cached_vectors_promoted_and_rolled_back_without_
     assert cur["collection"] == first.collection  # the same collection: nothing re-indexed
     manifest = json.loads(adapter_store.manifest_path.read_text())
     assert manifest["collection"] == first.collection and manifest["embedder"]["version"] == job.version
+    shown = render_status(collect_status(engine, adapter_store))
+    assert f"v{job.version} (query adapter on v0's document vectors)" in shown
     model = load_embedder(row["path"], "cpu")
     query = "How do I exit the Python interpreter?"
     hits = search(engine, adapter_store, query, k=5)  # the serving adapter's query route, on the old vectors

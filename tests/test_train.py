@@ -47,10 +47,13 @@ def test_a_full_fine_tune_runs_ddp_under_torchrun_on_two_cpu_processes(store, en
     from daemon.train import child_command
 
     store.train.devices = ["cpu", "cpu"]
+    # each rank samples its half of the data; the no-duplicates sampler finds too few batches of 4 in ~12 rows
+    store.train.embedder.batch_size = 2
     assert child_command(Path("job.json"), store.train.devices)[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     job = run_job(engine, store, "embedder")
     t = job.training
-    assert t["world_size"] == 2 and t["steps"] == 2 and len(t["loss_curve"]) == 2  # gloo: the ranks stepped together
+    assert t["world_size"] == 2 and t["steps"] == 2  # gloo: the two ranks stepped together
+    assert t["loss_curve"] and np.isfinite(t["final_loss"])
     assert list(Path(job.path).glob("*.safetensors")) and registry.get_version(engine, "embedder", 1)["status"] == "candidate"
     q = ["How do I install a Python package?"]
     assert not np.allclose(load_embedder(job.path, "cpu").encode(q), minilm.encode(q))
