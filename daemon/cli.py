@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--embedder", action="store_true", help="only the embedder")
     which.add_argument("--reranker", action="store_true", help="only the reranker")
     tr.add_argument("--max-steps", type=int, help="override train.<kind>.max_steps for this run")
+    tr.add_argument("--adapter", action="store_true",
+                    help="train a query adapter on the serving embedder instead of a full fine-tune (the default "
+                         "when train.embedder.mode = \"adapter\")")
 
     run = sub.add_parser("run", help="the daemon: ingest, retrain and promote on schedule (systemd's ExecStart)")
     run.add_argument("--once", action="store_true", help="run every due stage once, then exit")
@@ -179,7 +182,8 @@ def _train(args, settings, engine) -> int:
     for kind in kinds:
         if args.max_steps is not None:
             getattr(settings.train, kind).max_steps = args.max_steps
-        r = run_job(engine, settings, kind)
+        adapter = args.adapter or settings.train.embedder.mode == "adapter"
+        r = run_job(engine, settings, kind, mode="adapter" if adapter and kind == "embedder" else "full")
         t = r.training
         print(f"{kind} v{r.version} (candidate) at {r.path}: {t['steps']} steps on {t['device']}/{t['precision']} "
               f"from {t['base']}, {t['pairs']['total']} pairs, final loss {t['final_loss']}, {t['duration_s']:.0f}s")

@@ -171,3 +171,18 @@ def test_auto_promotes_the_full_fine_tune_only_for_min_gain_more(store, engine, 
 def test_a_cached_corpus_key_is_shared_by_a_model_and_its_adapters(store, engine):
     build_index(engine, store)
     assert set(load_vectors(cache_dir(store), "embedder-v0")) == set(Corpus(engine).hashes)
+
+
+def test_ragloop_train_adapter_registers_a_query_adapter(store, engine, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'state_dir = "{store.state_dir}"\n[store]\nurl = "{store.store.url}"\n[train]\ndevice = "cpu"\n'
+                   '[train.embedder]\nadapter_epochs = 2\n')
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "-c", str(cfg), "train", "--embedder", "--adapter"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = registry.get_version(engine, "embedder", 1)
+    assert row["lineage"]["mode"] == "adapter" and registry.vector_key(row) == "embedder-v0"
+    assert "embedder v1 (candidate)" in out.stdout
