@@ -3,7 +3,8 @@
     python bench/cycle_cost.py [--sizes 1000 5000 20000] [--before 0ca4a92^] [--steps 10]
 
 Corpora of short real chunks: the chunks of both FAQ benchmarks (examples/, bench/perlfaq/) cut into pieces
-of about 40 words, the pieces that answer a traffic question first, then the rest, cut to each size. Their
+of 40 words, the pieces that answer a traffic question first, then the rest, then (past the ~10,200 such
+pieces) the same texts cut 20, then 10 and 30 words later, as a sliding-window chunker would; cut to each size. Their
 traffic questions (both benchmarks) are logged as production would log them and ingested.
 
 For each size, three variants each run in a process of their own, on a fresh store:
@@ -42,8 +43,9 @@ WORDS = 40
 
 
 def short_chunks() -> tuple[list[dict], list[dict]]:
-    """(pieces, traffic questions with their answer piece): answer pieces first, then every other piece."""
-    pieces, first_piece, questions = [], {}, []
+    """(pieces, traffic questions with their answer piece): answer pieces first, then every other piece, then
+    the pieces of a second cut that starts half a piece later."""
+    pieces, shifted, first_piece, questions = [], [], {}, []
     for src in SOURCES:
         for line in (src / "corpus.jsonl").read_text().splitlines():
             c = json.loads(line)
@@ -53,13 +55,20 @@ def short_chunks() -> tuple[list[dict], list[dict]]:
                     pid = f"{src.name}:{c['id']}:{i // WORDS}"
                     first_piece.setdefault(c["id"], pid)
                     pieces.append({"id": pid, "text": " ".join(words[i:i + WORDS]), "doc": c.get("doc")})
+            for shift in (WORDS // 2, WORDS // 4, 3 * WORDS // 4):
+                for i in range(shift, len(words), WORDS):
+                    if len(words[i:i + WORDS]) >= 8:
+                        shifted.append({"id": f"{src.name}:{c['id']}:{i}+", "text": " ".join(words[i:i + WORDS]),
+                                        "doc": c.get("doc")})
         for line in (src / "questions.jsonl").read_text().splitlines():
             q = json.loads(line)
             if q["half"] == "traffic" and q["expected_ids"][0] in first_piece:
                 questions.append({"query": q["query"], "answer": first_piece[q["expected_ids"][0]]})
     answers = {q["answer"] for q in questions}
     pieces.sort(key=lambda p: p["id"] not in answers)  # stable: answers first, then corpus order
-    return pieces, questions
+    seen = {p["text"] for p in pieces}
+    shifted.sort(key=lambda p: int(p["id"].rsplit(":", 1)[1][:-1]) % WORDS != WORDS // 2)  # half shifts first
+    return pieces + list({p["text"]: p for p in shifted if p["text"] not in seen}.values()), questions
 
 
 def write_inputs(work: Path, size: int) -> int:
