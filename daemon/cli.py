@@ -233,7 +233,7 @@ def _cycle(args, settings, engine) -> int:
 
 
 def _promote(args, settings, engine) -> int:
-    from daemon.registry import promote
+    from daemon.promotion import promote
     from daemon.store import GateDecision, utcnow, write_tx
 
     promote(engine, settings, args.kind, args.version, forced=True)
@@ -247,7 +247,7 @@ def _promote(args, settings, engine) -> int:
 
 
 def _rollback(args, settings, engine) -> int:
-    from daemon.registry import rollback
+    from daemon.promotion import rollback
 
     r = rollback(engine, settings, args.kind)
     print(json.dumps(r))

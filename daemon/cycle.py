@@ -27,7 +27,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
-from daemon import registry
+from daemon import promotion, registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator, cache_dir, prune_vectors
 from daemon.gate import Decision, choose_embedder, gate, rebalance_heldout
@@ -152,7 +152,7 @@ def _embedder_candidates(engine: Engine, settings: Settings, report: CycleReport
 
 def _promote(engine: Engine, settings: Settings, d: Decision) -> None:
     try:
-        registry.promote(engine, settings, d.kind, d.candidate)
+        promotion.promote(engine, settings, d.kind, d.candidate)
     except Exception as exc:  # a failed re-index leaves the old model serving; say so and go on
         log.error("cycle.promote_failed", kind=d.kind, version=d.candidate, error=str(exc))
         d.outcome, d.reason = "reject", f"promotion failed: {exc}"

@@ -4,6 +4,7 @@ Status flow: candidate -> serving | rejected; serving -> retired when another ta
 Version 0 of the embedder is the configured base, registered as serving on first use.
 An embedder version is either a full model or a query adapter on another version (daemon/adapter.py): its
 lineage's "documents" names the version whose document vectors it uses, and so the index it needs.
+Plain data: making a version serve in production (re-index, swap, publish) is daemon/promotion.py's.
 """
 
 from __future__ import annotations
@@ -114,68 +115,8 @@ def set_metrics(engine: Engine, kind: str, version: int, metrics: dict[str, Any]
                      .values(metrics=metrics))
 
 
-def _last_retired(engine: Engine, kind: str) -> dict[str, Any] | None:
+def last_retired(engine: Engine, kind: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind, versions_t.c.status == "retired")
                            .order_by(versions_t.c.status_at.desc(), versions_t.c.version.desc())).mappings().first()
     return dict(row) if row else None
-
-
-def promote(engine: Engine, settings: Settings, kind: str, version: int, *, forced: bool = False) -> None:
-    """Make a candidate serve. An embedder is re-indexed (blue/green) first and marked serving only
-    after the alias swapped: a failed re-index leaves the old embedder serving. A query adapter on the
-    document model of the serving collection needs no re-index, nor does a reranker: the manifest is
-    rewritten so production picks them up."""
-    from daemon.index import build_index, serving_collection
-    from daemon.serving import publish
-
-    row = get_version(engine, kind, version)
-    if row is None:
-        raise KeyError(f"no {kind} version {version}; see `ragloop models`")
-    if kind == EMBEDDER:
-        cur = serving_collection(engine, settings)
-        builder = get_version(engine, EMBEDDER, cur["embedder_version"]) if cur else None
-        if builder is not None and documents_version(builder) == documents_version(row):
-            set_serving(engine, kind, version)  # the collection already holds this model's document vectors
-            publish(engine, settings, cur["collection"], version)
-            log.info("registry.promoted", kind=kind, version=version, forced=forced, reindexed=False)
-            return
-        build_index(engine, settings, row)  # raises on failure: nothing changes
-        set_serving(engine, kind, version)
-    else:
-        set_serving(engine, kind, version)
-        cur = serving_collection(engine, settings)
-        if cur is not None:
-            publish(engine, settings, cur["collection"], serving(engine, EMBEDDER)["version"])
-    log.info("registry.promoted", kind=kind, version=version, forced=forced)
-
-
-def rollback(engine: Engine, settings: Settings, kind: str) -> dict[str, Any]:
-    """Back to the previous serving model of ``kind`` (for the embedder: its collection too)."""
-    from daemon.index import rollback_index, serving_collection
-    from daemon.serving import publish
-
-    current = serving(engine, kind)
-    prev = _last_retired(engine, kind)
-    if kind == EMBEDDER:
-        cur = serving_collection(engine, settings)
-        if current is None or prev is None or cur is None or documents_version(prev) != documents_version(current):
-            return rollback_index(engine, settings)
-        # the previous embedder reads the same document vectors (one of them is a query adapter): no swap
-        set_serving(engine, kind, prev["version"])
-        publish(engine, settings, cur["collection"], prev["version"])
-        result = {"collection": cur["collection"], "previous": cur["collection"], "embedder_version": prev["version"]}
-        log.info("registry.rollback", kind=kind, **result)
-        return result
-    if current is None and prev is None:
-        raise RuntimeError(f"no {kind} to roll back: none is serving and none served before")
-    if prev is not None:
-        set_serving(engine, kind, prev["version"])
-    else:
-        set_status(engine, kind, current["version"], "retired")  # back to "no reranker"
-    cur = serving_collection(engine, settings)
-    if cur is not None:
-        publish(engine, settings, cur["collection"], serving(engine, EMBEDDER)["version"])
-    result = {"kind": kind, "from": current["version"] if current else None, "to": prev["version"] if prev else None}
-    log.info("registry.rollback", **result)
-    return result

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import torch
 from structlog.testing import capture_logs
 
-from daemon import adapter, registry
+from daemon import adapter, promotion, registry
 from daemon.config import EmbedderTrainSettings
 from daemon.cycle import run_cycle
 from daemon.evaluate import Corpus, Evaluator, cache_dir, corpus_embeddings, load_vectors
@@ -109,7 +109,7 @@ def test_an_adapter_is_gated_on_cached_vectors_promoted_and_rolled_back_without_
     assert not (cache_dir(adapter_store) / f"embedder-v{job.version}.npz").exists()
     assert d.figures["candidate"]["heldout"]["queries"] > 0
 
-    registry.promote(engine, adapter_store, "embedder", job.version, forced=True)
+    promotion.promote(engine, adapter_store, "embedder", job.version, forced=True)
     cur = serving_collection(engine, adapter_store)
     assert cur["collection"] == first.collection  # the same collection: nothing re-indexed
     manifest = json.loads(adapter_store.manifest_path.read_text())
@@ -124,7 +124,7 @@ def test_an_adapter_is_gated_on_cached_vectors_promoted_and_rolled_back_without_
     expected = [corpus.ids[i] for i in np.argsort(-(model.encode_query([query], normalize_embeddings=True) @ emb.T)[0])[:5]]
     assert [h[0] for h in hits] == expected
 
-    back = registry.rollback(engine, adapter_store, "embedder")
+    back = promotion.rollback(engine, adapter_store, "embedder")
     assert back["embedder_version"] == 0 and back["collection"] == first.collection
     assert registry.serving(engine, "embedder")["version"] == 0
     assert json.loads(adapter_store.manifest_path.read_text())["embedder"]["version"] == 0

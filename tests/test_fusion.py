@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import REPO
 
-from daemon import registry
+from daemon import promotion
 from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve_scored
 from daemon.fusion import WEIGHTS, choose_weight, fused_order, minmax, model_weight
 from daemon.gate import gate, load_reranker
@@ -60,7 +60,7 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
 
     d = gate(engine, store, "reranker", job.version)
     assert d.outcome in ("promote", "reject", "undecided") and d.figures["candidate"]["heldout"]["queries"] >= 3
-    registry.promote(engine, store, "reranker", job.version, forced=True)
+    promotion.promote(engine, store, "reranker", job.version, forced=True)
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["reranker"]["fusion_weight"] == fusion["weight"]
 
@@ -68,7 +68,7 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     w = 0.4
     training["fusion"]["weight"] = w
     training_json.write_text(json.dumps(training))
-    registry.promote(engine, store, "reranker", job.version, forced=True)
+    promotion.promote(engine, store, "reranker", job.version, forced=True)
     monkeypatch.setenv("RAGLOOP_MANIFEST", str(store.manifest_path))
     prod: dict = {}
     exec(compile(_readme_snippet(), "README fusion snippet", "exec"), prod)

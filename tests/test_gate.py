@@ -7,7 +7,7 @@ from conftest import make_settings, small_feedback_store
 from qdrant_client import QdrantClient
 from structlog.testing import capture_logs
 
-from daemon import registry
+from daemon import promotion, registry
 from daemon.cli import main
 from daemon.evaluate import Scores, query_metrics
 from daemon.gate import decide, gate, rebalance_heldout
@@ -141,7 +141,7 @@ def test_good_candidate_on_a_planted_case_is_promoted_and_rollback_restores(tmp_
     d = gate(engine, settings, "embedder", v)
     assert d.outcome == "promote", d.reason
     assert d.figures["gain"] > 0.3 and d.figures["test"]["p_value"] < 0.05 and d.fixed
-    registry.promote(engine, settings, "embedder", v)
+    promotion.promote(engine, settings, "embedder", v)
     assert _alias(settings) == "chunks__v2"
     assert registry.serving(engine, "embedder")["version"] == v
     assert json.loads(settings.manifest_path.read_text())["embedder"]["path"] == finetuned_minilm
@@ -161,11 +161,11 @@ def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(stor
     d = gate(engine, store, "reranker", job.version)
     assert d.serving is None and d.outcome in ("promote", "reject")
     assert "ndcg@10" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
-    registry.promote(engine, store, "reranker", job.version, forced=True)
+    promotion.promote(engine, store, "reranker", job.version, forced=True)
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["reranker"]["version"] == job.version and manifest["collection"] == "chunks__v1"
     assert _alias(store) == "chunks__v1"  # no re-index for a reranker
-    assert registry.rollback(engine, store, "reranker") == {"kind": "reranker", "from": job.version, "to": None}
+    assert promotion.rollback(engine, store, "reranker") == {"kind": "reranker", "from": job.version, "to": None}
     assert json.loads(store.manifest_path.read_text())["reranker"] is None
 
 
