@@ -117,11 +117,7 @@ def _adapter_job(job: dict[str, Any], settings: Settings, engine, serving, data:
     corpus = Corpus(engine)
     emb = corpus_embeddings(serving, corpus, cache_dir(settings), job["mining_key"],
                             devices=settings.index.encode_devices)
-    row_of = {cid: i for i, cid in enumerate(corpus.ids)}
-    if settings.train.embedder.adapter_candidates == "corpus":
-        vectors = dict(zip(corpus.ids, emb))
-    else:
-        vectors = {c: emb[row_of[c]] for e in data.examples for c in (e.positive_id, *e.negative_ids)}
+    vectors = dict(zip(corpus.ids, emb))  # rows of emb, not copies
     engine.dispose()
     mining_s = time.monotonic() - t0
     cfg = settings.train.embedder
