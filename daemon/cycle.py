@@ -138,13 +138,13 @@ def _embedder_candidates(engine: Engine, settings: Settings, report: CycleReport
         return d, [(mode, d)]
     adapter = _train_and_gate(engine, settings, registry.EMBEDDER, "adapter", report, cancel, on_stage)
     estimate = reindex_estimate_s(engine, settings)
-    if estimate is not None and estimate > settings.index.max_reindex_s:
+    too_slow = estimate is not None and estimate > settings.index.max_reindex_s
+    if too_slow:
         why = (f"full fine-tune not trained: its corpus encode would take ~{estimate:.0f} s at the measured rate, "
                f"over index.max_reindex_s {settings.index.max_reindex_s:.0f} s; the query adapter needs none")
         log.info("train.skipped", kind=registry.EMBEDDER, mode="full", reason=why, reindex_estimate_s=estimate)
         report.not_trained.append({"kind": "embedder (full)", "reason": why})
-        return (adapter if adapter.promote else None), [("adapter", adapter)]
-    if cancel is not None and cancel.is_set():
+    if too_slow or (cancel is not None and cancel.is_set()):
         return (adapter if adapter.promote else None), [("adapter", adapter)]
     full = _train_and_gate(engine, settings, registry.EMBEDDER, "full", report, cancel, on_stage)
     return choose_embedder(engine, settings, adapter, full), [("adapter", adapter), ("full", full)]
