@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--reranker-base", default=None,
                     help="train.reranker.base, e.g. bench/.cache/reranker-standin (bench/reranker_standin.py)")
     ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
+    ap.add_argument("--start-from", choices=("serving", "base"), default=None,
+                    help="override train.embedder.start_from: continue from what serves, or restart from the base "
+                         "on all train pairs so far, each cycle")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
                     help="smollm2: synthetic questions for every chunk from the offline generator (bench/offline_synth.py)")
@@ -96,7 +99,7 @@ def main() -> None:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr)),
+        overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr), ("start_from", args.start_from)),
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
@@ -257,7 +260,7 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         emb_ranked = ranked_by(emb_model, emb_key)
         emb_row = f"promoted embedder v{serving['version']}"
         rows[emb_row] = score(emb_ranked, relevant).mean()
-    elif cand is not None:
+    if cand is not None and cand["version"] > serving["version"]:  # the gate kept this cycle's candidate out
         m = load_embedder(cand["path"], settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
             ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
