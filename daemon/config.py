@@ -114,7 +114,9 @@ class GateSettings(_Section):
         0.95, gt=0.5, lt=1, description="one-sided confidence of each paired test (level 1 - confidence), e.g. 0.95")
     seed: int = Field(0, description="seed of the paired tests' sign flips (decisions are reproducible)")
     min_heldout: int = Field(20, ge=1, description="below this many held-out queries the gate refuses to decide")
-    rerank_depth: int = Field(50, ge=10, le=1000, description="embedder candidates the reranker reorders; 10..1000")
+    rerank_depth: int = Field(
+        20, ge=10, le=1000, description="embedder candidates the reranker reorders, in the gate and in production "
+        "(the manifest carries it); 10..1000")
     max_guard_synthetic: int = Field(
         300, ge=0, description="synthetic questions in the guard set (a stable sample); 0: none; each costs "
         "rerank_depth reranker scores per candidate"

@@ -34,8 +34,10 @@ def build_manifest(engine: Engine, settings: Settings, collection: str, embedder
         "collection": collection,
         "qdrant": {"url": settings.qdrant.url} if settings.qdrant.url else {"path": str(settings.qdrant_path)},
         "embedder": {"version": embedder_version, "path": emb["path"] if emb else None},
-        # production fuses as the gate did: (1 - w) * first stage + w * reranker, each min-max per query
-        "reranker": {"version": rr["version"], "path": rr["path"], "fusion_weight": model_weight(rr["path"])} if rr else None,
+        # production reranks as the gate scored it: the first stage's top rerank_depth, fused
+        # (1 - w) * first stage + w * reranker, each min-max per query
+        "reranker": {"version": rr["version"], "path": rr["path"], "fusion_weight": model_weight(rr["path"]),
+                     "rerank_depth": settings.gate.rerank_depth} if rr else None,
         "written_at": utcnow().isoformat(),
     }
 

@@ -68,11 +68,12 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     w = 0.4
     training["fusion"]["weight"] = w
     training_json.write_text(json.dumps(training))
+    store.gate.rerank_depth = 20  # the manifest carries the depth the gate reranks at; production reads it
     promotion.promote(engine, store, "reranker", job.version, forced=True)
     monkeypatch.setenv("RAGLOOP_MANIFEST", str(store.manifest_path))
     prod: dict = {}
     exec(compile(_readme_snippet(), "README fusion snippet", "exec"), prod)
-    assert prod["weight"] == w
+    assert prod["weight"] == w and prod["depth"] == 20
 
     corpus = Corpus(engine)
     emb = corpus_embeddings(minilm, corpus, None, "test")
@@ -82,5 +83,5 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     for q, c, s, g in zip(qs, cands, sims, gate_ranked):
         assert prod["rank"](q, [(cid, corpus.text_of[cid], float(x)) for cid, x in zip(c, s)]) == g
     # and end to end through the real embedded Qdrant collection the alias points at
-    assert [prod["search"](q, k=10, depth=20) for q in qs] == [g[:10] for g in gate_ranked]
+    assert [prod["search"](q, k=10) for q in qs] == [g[:10] for g in gate_ranked]
     prod["qdrant"].close()
