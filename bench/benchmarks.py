@@ -44,6 +44,25 @@ def load(name: str) -> Benchmark:
     return Benchmark(name, d, corpus, questions)
 
 
+def first_cycle_store(bench: Benchmark, work: Path, train: dict | None = None):
+    """(settings, engine, held-out split) of a store holding the benchmark's corpus and its whole production
+    log, ingested and split by the gate's own rule, exactly as a first cycle sees it. ``train``: overrides of
+    the settings' [train] table."""
+    from daemon.config import settings_from_dict
+    from daemon.corpus import load_corpus
+    from daemon.gate import rebalance_heldout
+    from daemon.ingest import ingest_once
+    from daemon.store import open_store
+
+    settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
+                                   "ingest": {"paths": [str(bench.dir / "feedback.jsonl")]}, "train": train or {}},
+                                  "bench", work)
+    engine = open_store(settings.store_url)
+    load_corpus(engine, bench.dir / "corpus.jsonl")
+    ingest_once(engine, settings)
+    return settings, engine, rebalance_heldout(engine, settings)
+
+
 def ranked(model, bench: Benchmark, questions: list[dict], key: str, depth: int = 20) -> list[list[str]]:
     """Each question's top ``depth`` chunk ids by ``model`` (corpus vectors cached under ``key``)."""
     emb = corpus_embeddings(model, bench.corpus, CACHE / "embeddings" / bench.name, key)

@@ -20,17 +20,13 @@ from pathlib import Path
 
 import structlog
 
-from daemon.config import settings_from_dict
-from daemon.corpus import load_corpus
 from daemon.cycle import train_pair_count
 from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve, score
-from daemon.gate import load_reranker, rebalance_heldout
-from daemon.ingest import ingest_once
+from daemon.gate import load_reranker
 from daemon.models import load_embedder, packaged_minilm, pick_device
-from daemon.store import open_store
 from daemon.train import run_job
 
-from benchmarks import DIRS, load
+from benchmarks import DIRS, first_cycle_store, load
 
 METRICS = ("hit@1", "hit@3", "hit@10", "mrr@10")
 
@@ -48,12 +44,7 @@ def main() -> None:
     device = pick_device("auto")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
-                                       "ingest": {"paths": [str(bench.dir / "feedback.jsonl")]}}, "bench", work)
-        engine = open_store(settings.store_url)
-        load_corpus(engine, bench.dir / "corpus.jsonl")
-        ingest_once(engine, settings)
-        heldout = rebalance_heldout(engine, settings)
+        settings, engine, heldout = first_cycle_store(bench, work)
         total = train_pair_count(engine)
         corpus = Corpus(engine)
         base = load_embedder(packaged_minilm(), device)
