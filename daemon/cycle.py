@@ -8,6 +8,11 @@ train.embedder.mode picks the embedder candidate: "full" (a fine-tune; its promo
 adapter, then the full fine-tune unless its re-index would exceed index.max_reindex_s, both gated, and
 the full one promoted only when it gains gate.min_gain more (daemon/gate.py, choose_embedder).
 
+A promoted full fine-tune is refit (train.embedder.refit): the same recipe trained again on the train and
+held-out splits together, which serves in its place if it passes a check against it (daemon/refit.py).
+The held-out queries it trained on then retire to train (gate.retire_heldout); later gates test on newer
+queries.
+
 The corpus is embedded once per model version: mining reads the serving embedder's cached vectors, the
 gate adds the candidate's, and a promotion's re-index upserts those (daemon/evaluate.py, the cache).
 
@@ -30,8 +35,9 @@ from sqlalchemy.engine import Engine
 from daemon import promotion, registry
 from daemon.config import Settings
 from daemon.evaluate import Evaluator, cache_dir, prune_vectors
-from daemon.gate import Decision, choose_embedder, gate, rebalance_heldout
+from daemon.gate import Decision, choose_embedder, gate, rebalance_heldout, retire_heldout
 from daemon.index import build_index, reindex_estimate_s, serving_collection
+from daemon.refit import refit
 from daemon.store import LAST_CYCLE, TrainingPair, put_state, utcnow
 from daemon.train import cold_start_skip, run_job
 
@@ -94,6 +100,8 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
             gated = [("full", chosen)]
         if chosen is not None and chosen.promote:
             mode = next(m for m, d in gated if d is chosen)
+            if kind == registry.EMBEDDER and mode == "full" and settings.train.embedder.refit:
+                chosen = _refit(engine, settings, chosen, report, cancel, on_stage, gated)
             reindex = kind == registry.EMBEDDER and mode == "full"
             on_stage(f"promoting {kind} v{chosen.candidate}" + (" (re-indexing)" if reindex else ""))
             t = time.monotonic()
@@ -103,6 +111,9 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
                                       "seconds": round(time.monotonic() - t, 3)})
         report.decisions += [{"kind": kind, "mode": m, "version": d.candidate, "outcome": d.outcome,
                               "reason": d.reason, "decision_id": d.id} for m, d in gated]
+    retired = retire_heldout(engine)  # what a refit that now serves trained on tests nothing from here on
+    if retired:
+        report.heldout = rebalance_heldout(engine, settings) | {"pairs_retired": retired}
     # corpus vectors of a rejected candidate or a replaced model are never read again; the serving
     # embedder's are what the next cycle's mining and gate start from
     serving = registry.serving(engine, registry.EMBEDDER)
@@ -148,6 +159,25 @@ def _embedder_candidates(engine: Engine, settings: Settings, report: CycleReport
         return (adapter if adapter.promote else None), [("adapter", adapter)]
     full = _train_and_gate(engine, settings, registry.EMBEDDER, "full", report, cancel, on_stage)
     return choose_embedder(engine, settings, adapter, full), [("adapter", adapter), ("full", full)]
+
+
+def _refit(engine: Engine, settings: Settings, promoted: Decision, report: CycleReport,
+           cancel: threading.Event | None, on_stage: Callable[[str], None], gated: list[tuple[str, Decision]]
+           ) -> Decision:
+    """The decision to promote: the refit of ``promoted`` on all traffic when it passes its check
+    (daemon/refit.py), else ``promoted``. The refit's decision joins ``gated`` as mode "refit"."""
+    on_stage(f"refitting embedder v{promoted.candidate} on all traffic")
+    t = time.monotonic()
+    d = refit(engine, settings, promoted, cancel=cancel)
+    report.stages.append({"stage": "refit", "kind": registry.EMBEDDER, "mode": "full",
+                          "seconds": round(time.monotonic() - t, 3)})
+    if d is None:
+        return promoted
+    gated.append(("refit", d))
+    if d.outcome != "refit":
+        return promoted
+    registry.set_status(engine, registry.EMBEDDER, promoted.candidate, "refitted")
+    return d
 
 
 def _promote(engine: Engine, settings: Settings, d: Decision) -> None:

@@ -50,7 +50,8 @@ def fit(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
     # the reranker's fusion weight needs the serving embedder's first stage, and an adapter sits on it
     need_miner = settings.train.mining.mine or kind == "reranker" or adapter
     miner = load_embedder(job["mining_model"], device, settings.train.trust_remote_code) if need_miner else None
-    data = assemble(engine, settings, miner if settings.train.mining.mine else None, job["mining_key"])
+    data = assemble(engine, settings, miner if settings.train.mining.mine else None, job["mining_key"],
+                    tuple(job.get("splits", ["train"])))
     if not data.examples:
         raise SystemExit("no training pairs in the train split yet: ingest feedback first")
     if adapter:
@@ -320,7 +321,9 @@ def _describe(job, settings: Settings, data: TrainingData, state, device: str, p
         "kind": kind,
         "base": job["start_label"],
         "base_path": job["start"],
-        "pairs": {"ids": pair_ids, "total": len(pair_ids), "examples": len(data.examples), "by_origin": data.counts},
+        "pairs": {"ids": pair_ids, "total": len(pair_ids), "examples": len(data.examples), "by_origin": data.counts,
+                  "splits": job.get("splits", ["train"])},
+        "refit_of": job.get("refit_of"),
         "data_hash": data.data_hash(),
         "hyperparameters": {**cfg.model_dump(), "batch_size_used": batch, "mining": settings.train.mining.model_dump(),
                             "weights": settings.train.weights},

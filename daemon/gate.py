@@ -46,7 +46,7 @@ class Decision:
     kind: str
     candidate: int
     serving: int | None
-    outcome: str  # "promote" | "reject" | "refuse" | "undecided"
+    outcome: str  # "promote" | "reject" | "refuse" | "undecided"; "refit" (daemon/refit.py): serves in place of the promoted one
     reason: str
     figures: dict[str, Any]
     fixed: list[str]
@@ -55,7 +55,7 @@ class Decision:
 
     @property
     def promote(self) -> bool:
-        return self.outcome == "promote"
+        return self.outcome in ("promote", "refit")
 
 
 def leaked_pairs(engine: Engine, lineage: dict[str, Any] | None) -> list[str]:
@@ -129,17 +129,17 @@ def gate(engine: Engine, settings: Settings, kind: str, version: int, *, evaluat
     heldout = ev.sets["heldout"]
     leaks = leaked_pairs(engine, cand_row["lineage"])
     if leaks:
-        return _record(engine, Decision(kind, version, _v(serving_row), "refuse",
+        return record(engine, Decision(kind, version, _v(serving_row), "refuse",
                                         f"trained on {len(leaks)} held-out quer{'y' if len(leaks) == 1 else 'ies'} "
                                         f"(leak), e.g. {leaks[0]!r}", {"leaked": leaks[:20]}, [], []), ev)
     if len(heldout) < settings.gate.min_heldout:
-        return _record(engine, Decision(kind, version, _v(serving_row), "undecided",
+        return record(engine, Decision(kind, version, _v(serving_row), "undecided",
                                         f"held-out set has {len(heldout)} queries, gate.min_heldout is "
                                         f"{settings.gate.min_heldout}: not enough to decide; the held-out set "
                                         "grows with traffic", {}, [], []), ev)
     cand, serv = _score_both(ev, settings, kind, cand_row, serving_row, serving_emb)
     outcome, reason, figures, fixed, broken = decide(kind, cand, serv, settings, heldout.queries)
-    return _record(engine, Decision(kind, version, _v(serving_row), outcome, reason, figures, fixed, broken), ev)
+    return record(engine, Decision(kind, version, _v(serving_row), outcome, reason, figures, fixed, broken), ev)
 
 
 def choose_embedder(engine: Engine, settings: Settings, adapter: Decision, full: Decision) -> Decision | None:
@@ -169,6 +169,31 @@ def overrule(engine: Engine, d: Decision, reason: str) -> None:
     log.info("gate.overruled", kind=d.kind, candidate=d.candidate, reason=reason)
 
 
+def retire_heldout(engine: Engine) -> int:
+    """Move to train every held-out pair whose query (split key) a serving model trained on; returns how many.
+
+    Only a refit after promotion (daemon/refit.py) trains on held-out queries. Once it serves, they can
+    test nothing: a gate comparing a candidate with it on them would favour what serves. Later candidates
+    are gated on queries that arrived since (and train on these, as the refit did).
+    """
+    trained: set[int] = set()
+    for kind in (registry.EMBEDDER, registry.RERANKER):
+        row = registry.serving(engine, kind)
+        trained.update(((row or {}).get("lineage") or {}).get("pair_ids", []))
+    if not trained:
+        return 0
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(pairs_t.c.id, pairs_t.c.query_norm, pairs_t.c.split)).all()
+    keys = {split_key(r.query_norm) for r in rows if r.id in trained}
+    move = [r.id for r in rows if r.split == "heldout" and split_key(r.query_norm) in keys]
+    if move:
+        with write_tx(engine) as conn:
+            for i in range(0, len(move), 500):
+                conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
+        log.info("gate.heldout_retired", pairs=len(move), reason="the serving model trained on them (a refit)")
+    return len(move)
+
+
 def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
     """Return the held-out surplus to train, for the share this much traffic calls for.
 
@@ -176,9 +201,11 @@ def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
     keeps up to that share, to reach gate.heldout_target queries (bench/gate_power.py: more held-out
     queries buy more power than the training queries they cost); as traffic grows the share falls towards
     gate.heldout_fraction and the surplus, which no model has seen, becomes training data. Queries only
-    ever move held-out -> train, so no model is ever tested on a query it (or what serves) trained on.
+    ever move held-out -> train, so no model is ever tested on a query it (or what serves) trained on; the
+    queries a serving refit trained on retire first (`retire_heldout`).
     """
     g = settings.gate
+    retired = retire_heldout(engine)
     real = pairs_t.c.origin != "synthetic"
     with engine.connect() as conn:
         queries = conn.scalar(sa.select(sa.func.count(sa.distinct(pairs_t.c.query_norm))).where(real)) or 0
@@ -191,7 +218,8 @@ def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
             for i in range(0, len(move), 500):
                 conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
     kept = sum(stays.values())
-    out = {"queries": queries, "share": round(share, 4), "heldout_queries": kept, "pairs_moved_to_train": len(move)}
+    out = {"queries": queries, "share": round(share, 4), "heldout_queries": kept, "pairs_moved_to_train": len(move),
+           "pairs_retired": retired}
     log.info("gate.heldout", **out)
     return out
 
@@ -226,7 +254,8 @@ def load_reranker(path: str, settings: Settings):
                         trust_remote_code=settings.train.trust_remote_code, model_kwargs={"use_safetensors": True})
 
 
-def _record(engine: Engine, d: Decision, ev: Evaluator) -> Decision:
+def record(engine: Engine, d: Decision, ev: Evaluator) -> Decision:
+    """Store and log decision ``d`` (its eval sets by pair id); a reject or refuse marks the candidate rejected."""
     with write_tx(engine) as conn:
         d.id = conn.execute(decisions_t.insert().values(
             kind=d.kind, candidate_version=d.candidate, serving_version=d.serving, outcome=d.outcome,

@@ -63,14 +63,15 @@ class TrainingData:
         return cls([Example(**e) for e in d["examples"]], d["texts"], d.get("counts", {}))
 
 
-def select_pairs(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
-    """Train-split pairs to replay: newest and most frequent first, bounded by `train.max_pairs`,
-    with the synthetic share capped at `train.max_synthetic_share`."""
+def select_pairs(engine: Engine, settings: Settings, splits: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+    """Pairs to replay from ``splits`` (the train split; a refit after promotion adds "heldout"): newest and
+    most frequent first, bounded by `train.max_pairs`, with the synthetic share capped at
+    `train.max_synthetic_share`."""
     t = settings.train
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(pairs_t).join(chunks_t, chunks_t.c.id == pairs_t.c.chunk_id)
-            .where(pairs_t.c.split == "train", chunks_t.c.removed_at.is_(None))
+            .where(pairs_t.c.split.in_(splits), chunks_t.c.removed_at.is_(None))
             .order_by(pairs_t.c.last_seen.desc(), pairs_t.c.count.desc(), pairs_t.c.id)
         ).mappings().all()
     real = [dict(r) for r in rows if r["origin"] != "synthetic"]
@@ -83,10 +84,11 @@ def select_pairs(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
     return [r for r in chosen if t.weights.get(r["origin"], 1) > 0]
 
 
-def assemble(engine: Engine, settings: Settings, model=None, key: str = "embedder-v0") -> TrainingData:
-    """Examples with negatives for every selected pair. ``model`` (the serving embedder, cache key ``key``)
-    mines negatives; without it only production and random negatives are used."""
-    pairs = select_pairs(engine, settings)
+def assemble(engine: Engine, settings: Settings, model=None, key: str = "embedder-v0",
+             splits: tuple[str, ...] = ("train",)) -> TrainingData:
+    """Examples with negatives for every selected pair of ``splits``. ``model`` (the serving embedder, cache
+    key ``key``) mines negatives; without it only production and random negatives are used."""
+    pairs = select_pairs(engine, settings, splits)
     with engine.connect() as conn:
         corpus = dict(conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text).where(chunks_t.c.removed_at.is_(None))).all())
         # every expected id of a query, so no chunk that answers it becomes its negative

@@ -223,7 +223,9 @@ def _render_loop(s: dict[str, Any]) -> str:
     if c and c.get("heldout"):
         h = c["heldout"]
         lines.append(f"Held-out set: {h['heldout_queries']} of {h['queries']} real queries (share {h['share']:.2f}; "
-                     "larger while traffic is small, see gate.heldout_target)")
+                     "larger while traffic is small, see gate.heldout_target)"
+                     + (f"; {h['pairs_retired']} pairs retired to train: the serving refit learned from them"
+                        if h.get("pairs_retired") else ""))
     lines.append("Gate decisions (newest first)")
     lines.append(table(["kind", "candidate", "vs serving", "outcome", "held-out: serving -> candidate", "reason"],
                        [[d["kind"], f"v{d['candidate']}", "none" if d["serving"] is None else f"v{d['serving']}",

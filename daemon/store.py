@@ -142,7 +142,7 @@ class ModelVersion(SQLModel, table=True):
     kind: str = Field(max_length=16)  # "embedder" | "reranker"
     version: int
     path: str  # a local folder or a Hugging Face id
-    status: str = Field(max_length=16)  # candidate -> serving | rejected -> retired
+    status: str = Field(max_length=16)  # candidate -> serving | rejected | refitted (its refit serves) -> retired
     base: str | None = None  # what it was trained from (path or "<kind> v<N>")
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -176,7 +176,7 @@ class GateDecision(SQLModel, table=True):
     kind: str = Field(max_length=16)
     candidate_version: int
     serving_version: int | None = None
-    outcome: str = Field(max_length=16)  # promote | reject | refuse | undecided | forced
+    outcome: str = Field(max_length=16)  # promote | reject | refuse | undecided | forced | refit
     reason: str
     figures: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     fixed: list[str] = Field(sa_column=Column(JSON, nullable=False))

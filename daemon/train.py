@@ -93,11 +93,13 @@ def cold_start_skip(engine: Engine, settings: Settings, kind: str, train_pairs: 
 
 
 def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.Event | None = None,
-            timeout_s: float | None = None, mode: str = "full") -> TrainResult:
+            timeout_s: float | None = None, mode: str = "full", refit_of: int | None = None) -> TrainResult:
     """Train one ``kind`` model in a child process and register it as a candidate.
 
     ``mode`` "adapter" trains a query adapter on the serving embedder (daemon/adapter.py) instead of a full
     fine-tune; with train.devices naming several devices, a full fine-tune runs under torchrun (DDP).
+    ``refit_of`` (a version the gate just promoted) trains the same recipe from the same start on the train
+    and held-out splits together; its lineage names the version it refits (daemon/refit.py).
 
     Raises:
         TrainError: bad configuration (before any work), a failed or timed-out child.
@@ -117,7 +119,8 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     tmp.mkdir()
     job = {"kind": kind, "settings": settings.model_dump(mode="json"), "start": start, "start_label": start_label,
            "mining_model": mining_model, "mining_key": registry.vector_key(serving_embedder), "out": str(tmp),
-           "mode": mode, "documents": registry.documents_version(serving_embedder)}
+           "mode": mode, "documents": registry.documents_version(serving_embedder),
+           "splits": ["train", "heldout"] if refit_of is not None else ["train"], "refit_of": refit_of}
     (tmp / "job.json").write_text(json.dumps(job))
     try:
         _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s,
@@ -186,6 +189,8 @@ def _register(engine: Engine, kind: str, tmp: Path, root: Path, base: str, train
                "data_hash": training["data_hash"], "base": base}
     if training.get("mode") == "adapter":  # whose document vectors (and so which index) it serves with
         lineage.update(mode="adapter", documents=training["documents"])
+    if training.get("refit_of") is not None:  # trained on held-out queries too: never gated on them
+        lineage["refit_of"] = training["refit_of"]
     version = registry.next_version(engine, kind)
     final = root / f"v{version}"
     if final.exists():

@@ -15,7 +15,7 @@ from daemon import adapter, promotion, registry
 from daemon.config import EmbedderTrainSettings
 from daemon.cycle import run_cycle
 from daemon.evaluate import Corpus, Evaluator, cache_dir, corpus_embeddings, load_vectors
-from daemon.gate import Decision, _record, choose_embedder, gate
+from daemon.gate import Decision, choose_embedder, gate, record
 from daemon.index import build_index, search, serving_collection
 from daemon.mining import Example, TrainingData
 from daemon.models import load_embedder
@@ -146,7 +146,7 @@ def _decision(engine, settings, version: int, gain: float, mode: str) -> Decisio
     registry.register(engine, "embedder", path, version=version,
                       lineage={"pair_ids": [], "documents": 0 if mode == "adapter" else version})
     d = Decision("embedder", version, 0, "promote", "significant", {"gain": gain}, [], [])
-    return _record(engine, d, Evaluator(engine, settings))
+    return record(engine, d, Evaluator(engine, settings))
 
 
 @pytest.mark.parametrize("adapter_gain,full_gain,winner", [(0.03, 0.035, "adapter"), (0.02, 0.04, "full")])

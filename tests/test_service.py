@@ -133,8 +133,10 @@ def test_daemon_ingests_cycles_promotes_and_stops_cleanly(tmp_path, db_url, dama
         write_config(cfg, tmp_path, db_url, base=packaged_minilm(), min_new_pairs=5, port=port)
         d.proc.send_signal(signal.SIGHUP)
         s = poll(lambda: (st := status(cfg))["last_cycle"] and st, 600, "a cycle")
-        emb = next(x for x in s["last_cycle"]["decisions"] if x["kind"] == "embedder")
-        assert emb["outcome"] == "promote", emb
+        decided = [x for x in s["last_cycle"]["decisions"] if x["kind"] == "embedder"]
+        assert decided[0]["outcome"] == "promote", decided
+        # what serves: the promoted candidate, or its refit on all traffic when that passed its check
+        emb = next(x for x in reversed(decided) if x["outcome"] in ("promote", "refit"))
         assert s["serving"]["models"]["embedder"]["version"] == emb["version"]
         assert s["serving"]["collection"] == "chunks__v2"  # v1 was built with the broken embedder
         manifest = json.loads((tmp_path / "state" / "serving.json").read_text())

@@ -1,0 +1,101 @@
+"""Refit after promotion: the promoted recipe retrained on all traffic serves, and what it learned retires."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from daemon import registry
+from daemon.cycle import run_cycle
+from daemon.evaluate import Scores, eval_sets, query_metrics
+from daemon.gate import leaked_pairs, retire_heldout
+from daemon.refit import check
+from daemon.status import collect_status, render_status
+from daemon.store import GateDecision, TrainingPair
+
+pairs_t = TrainingPair.__table__
+
+
+def _scores(ranks: list[int]) -> Scores:
+    """Per-query metrics of a ranking that puts each query's answer at ``rank`` (0-based; >= 10: missed)."""
+    ids = [f"c{i}" for i in range(10)]
+    return Scores([query_metrics(ids, {f"c{r}" if r < 10 else "elsewhere"}) for r in ranks])
+
+
+def _check(refit_held, gated_held, refit_guard, gated_guard, settings):
+    gated = {"heldout": _scores(gated_held), "guard": _scores(gated_guard)}
+    refitted = {"heldout": _scores(refit_held), "guard": _scores(refit_guard)}
+    return check(gated, refitted, settings)
+
+
+def test_the_refit_check_passes_a_sound_refit_and_catches_a_broken_one(settings):
+    held, guard = [0] * 30 + [2] * 10, [0] * 30 + [1] * 10
+    ok, why, figures = _check(held, held, guard, guard, settings)  # level with the gated candidate
+    assert ok and "serves in its place" in why and figures["metric"] == "heldout ndcg@10"
+    ok, why, _ = _check([0] * 29 + [1] + [2] * 10, held, guard, guard, settings)  # one query one rank lower
+    assert ok, why
+    ok, why, _ = _check([12] * 40, held, guard, guard, settings)  # lost what the candidate answers
+    assert not ok and "the refit broke" in why and "gate.guard_margin 0.02" in why
+    ok, why, figures = _check(held, held, [12] * 15 + [0] * 25, guard, settings)  # guard set harmed
+    assert not ok and why.startswith("guard ") and figures["guard"]["hit@10"]["p_value"] < 0.05
+
+
+def _heldout_pair_ids(engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.scalars(sa.select(pairs_t.c.id).where(pairs_t.c.split == "heldout")))
+
+
+def _planted(store, engine, damaged_minilm, refit: bool):
+    """Production serves a broken embedder (v0); a 2-step fine-tune of the packaged MiniLM must beat it."""
+    registry.register(engine, registry.EMBEDDER, damaged_minilm, version=0, status="serving")
+    store.train.embedder.start_from = "base"
+    store.train.embedder.refit = refit
+    store.qdrant.verify_sample = 5
+    return run_cycle(engine, store, kinds=(registry.EMBEDDER,))
+
+
+@pytest.mark.slow
+def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_retire(store, engine, damaged_minilm):
+    heldout = _heldout_pair_ids(engine)
+    assert len(heldout) >= 3
+    report = _planted(store, engine, damaged_minilm, refit=True)
+    gated, refitted = report.decisions
+    assert (gated["mode"], gated["version"], gated["outcome"]) == ("full", 1, "promote")
+    assert (refitted["mode"], refitted["version"]) == ("refit", 2)
+    assert refitted["outcome"] == "refit", refitted["reason"]  # a 2-step refit is level with the candidate
+    assert "refit of v1 on" in refitted["reason"]
+    assert registry.serving(engine, registry.EMBEDDER)["version"] == 2
+    assert registry.get_version(engine, registry.EMBEDDER, 1)["status"] == "refitted"
+    # the refit learned from the held-out queries as well as the train split, and says so
+    row = registry.get_version(engine, registry.EMBEDDER, 2)
+    training = json.loads((store.models_dir / "embedder" / "v2" / "training.json").read_text())
+    assert training["refit_of"] == 1 and training["pairs"]["splits"] == ["train", "heldout"]
+    assert heldout <= set(row["lineage"]["pair_ids"]) and row["lineage"]["refit_of"] == 1
+    assert not heldout & set(registry.get_version(engine, registry.EMBEDDER, 1)["lineage"]["pair_ids"])
+    # ...so they retired to train: no later gate tests a candidate on them, and the refit is no leak
+    assert _heldout_pair_ids(engine) == set() and eval_sets(engine)["heldout"].queries == []
+    assert leaked_pairs(engine, row["lineage"]) == []
+    assert retire_heldout(engine) == 0  # nothing left to retire
+    retired = report.heldout["pairs_retired"]
+    assert 0 < retired <= len(heldout) and report.heldout["heldout_queries"] == 0
+    text = render_status(collect_status(engine, store))
+    assert f"{retired} pairs retired to train: the serving refit learned from them" in text
+    assert "refit of v1 on" in text
+    assert [s["stage"] for s in report.stages].count("refit") == 1
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(GateDecision.__table__).where(GateDecision.__table__.c.candidate_version == 2)
+                              ).mappings().one()
+    assert stored["outcome"] == "refit" and stored["figures"]["refit_of"] == 1
+    assert stored["figures"]["pairs"] > stored["figures"]["gated_pairs"]
+
+
+@pytest.mark.slow
+def test_without_refit_the_gated_candidate_serves_and_the_heldout_set_stays(store, engine, damaged_minilm):
+    heldout = _heldout_pair_ids(engine)
+    report = _planted(store, engine, damaged_minilm, refit=False)
+    (gated,) = report.decisions
+    assert gated["outcome"] == "promote" and registry.serving(engine, registry.EMBEDDER)["version"] == 1
+    assert _heldout_pair_ids(engine) == heldout
+    assert "refit" not in [s["stage"] for s in report.stages]
