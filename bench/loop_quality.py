@@ -6,8 +6,9 @@ The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "uns
 arrives in --waves consecutive waves, one day each: production (the embedder serving at that moment; the
 packaged MiniLM at first) retrieves the top 10 over the whole corpus for every question of the wave and
 logs the event (hit or miss) in the v1 format; ragloop ingests the log and runs one cycle (train, gate
-against what serves, promote, re-index). After each wave the unseen half, which no stage ever saw, is
-scored for: the base embedder; what serves (and the candidate, when the gate kept it out); the reranker
+against what serves, promote (with --refit, the promoted recipe's refit on all traffic so far, daemon/refit.py),
+re-index). After each wave the unseen half, which no stage ever saw, is scored for: the base embedder; what
+serves (and the candidate, when the gate kept it out, or the gated candidate a refit replaced); the reranker
 pipeline when the reranker is trained, alone and fused at its validated weight (and, with --reranker-base,
 that base before any fine-tune, alone and fused at the weight it earns on the same validation queries);
 and the peer, the one-shot script (bench/benchmarks.py: MNRL,
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--start-from", choices=("serving", "base"), default=None,
                     help="override train.embedder.start_from: continue from what serves, or restart from the base "
                          "on all train pairs so far, each cycle")
+    ap.add_argument("--refit", action="store_true",
+                    help="train.embedder.refit = true: after a promotion, the promoted recipe's refit on all traffic "
+                         "so far serves (if it passes its check) instead of the candidate trained on the train split")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
                     help="smollm2: synthetic questions for every chunk from the offline generator (bench/offline_synth.py)")
@@ -107,6 +111,8 @@ def main() -> None:
             train["reranker"]["base"] = str(Path(args.reranker_base).resolve())
         if args.synthetic_share is not None:
             train["max_synthetic_share"] = args.synthetic_share
+        if args.refit:
+            train["embedder"]["refit"] = True
         gate = {"embedder_metric": args.embedder_metric} if args.embedder_metric else {}
         settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
                                        "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train,
@@ -139,7 +145,10 @@ def main() -> None:
                   f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:
                 print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
-            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
+            refitted = [d for d in report.decisions if d["mode"] == "refit" and d["outcome"] == "refit"]
+            gated = next((d["version"] for d in report.decisions if d["mode"] == "full" and d["outcome"] == "promote"
+                          ), None) if refitted else None
+            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen, gated)
             seen = [q for q in traffic if q["query"] in wrong]
             if not args.no_script:
                 rows[f"one-shot script on {len(seen)} traffic questions"] = script_unseen(
@@ -235,7 +244,9 @@ def synthesize_offline(engine, settings, cache: Path) -> None:
           f"({gen_s:.0f}s generating, 0 when cached)")
 
 
-def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
+def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict], refitted: int | None = None):
+    """Unseen-half rows of what serves (and what was trained beside it). ``refitted``: the version the gate
+    promoted this cycle when its refit on all traffic serves in its place; it gets a row of its own."""
     queries = [q["query"] for q in unseen]
     relevant = [set(q["expected_ids"]) for q in unseen]
     cache = settings.state_dir / "cache" / "embeddings"
@@ -258,8 +269,13 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         emb_model = load_embedder(serving["path"], settings.train.device)
         emb_key = f"embedder-v{serving['version']}"
         emb_ranked = ranked_by(emb_model, emb_key)
-        emb_row = f"promoted embedder v{serving['version']}"
+        refit_of = (serving.get("lineage") or {}).get("refit_of")
+        emb_row = f"promoted embedder v{serving['version']}" + (f" (refit of v{refit_of})" if refit_of else "")
         rows[emb_row] = score(emb_ranked, relevant).mean()
+    if refitted is not None:  # what the gate tested, trained on the train split only: what the refit adds
+        m = load_embedder(registry.get_version(engine, "embedder", refitted)["path"], settings.train.device)
+        rows[f"gated candidate v{refitted} (its refit serves)"] = score(
+            ranked_by(m, f"embedder-v{refitted}"), relevant).mean()
     if cand is not None and cand["version"] > serving["version"]:  # the gate kept this cycle's candidate out
         m = load_embedder(cand["path"], settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
