@@ -145,10 +145,7 @@ def main() -> None:
                   f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:
                 print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
-            refitted = [d for d in report.decisions if d["mode"] == "refit" and d["outcome"] == "refit"]
-            gated = next((d["version"] for d in report.decisions if d["mode"] == "full" and d["outcome"] == "promote"
-                          ), None) if refitted else None
-            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen, gated)
+            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
             seen = [q for q in traffic if q["query"] in wrong]
             if not args.no_script:
                 rows[f"one-shot script on {len(seen)} traffic questions"] = script_unseen(
@@ -244,9 +241,9 @@ def synthesize_offline(engine, settings, cache: Path) -> None:
           f"({gen_s:.0f}s generating, 0 when cached)")
 
 
-def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict], refitted: int | None = None):
-    """Unseen-half rows of what serves (and what was trained beside it). ``refitted``: the version the gate
-    promoted this cycle when its refit on all traffic serves in its place; it gets a row of its own."""
+def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
+    """Unseen-half rows of what serves (and what was trained beside it: a kept-out candidate, or the gated
+    candidate whose refit on all traffic serves)."""
     queries = [q["query"] for q in unseen]
     relevant = [set(q["expected_ids"]) for q in unseen]
     cache = settings.state_dir / "cache" / "embeddings"
@@ -272,10 +269,10 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict], 
         refit_of = (serving.get("lineage") or {}).get("refit_of")
         emb_row = f"promoted embedder v{serving['version']}" + (f" (refit of v{refit_of})" if refit_of else "")
         rows[emb_row] = score(emb_ranked, relevant).mean()
-    if refitted is not None:  # what the gate tested, trained on the train split only: what the refit adds
-        m = load_embedder(registry.get_version(engine, "embedder", refitted)["path"], settings.train.device)
-        rows[f"gated candidate v{refitted} (its refit serves)"] = score(
-            ranked_by(m, f"embedder-v{refitted}"), relevant).mean()
+        if refit_of:  # what the gate tested, trained on the train split only
+            m = load_embedder(registry.get_version(engine, "embedder", refit_of)["path"], settings.train.device)
+            rows[f"gated candidate v{refit_of} (its refit serves)"] = score(
+                ranked_by(m, f"embedder-v{refit_of}"), relevant).mean()
     if cand is not None and cand["version"] > serving["version"]:  # the gate kept this cycle's candidate out
         m = load_embedder(cand["path"], settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(

@@ -100,14 +100,21 @@ def guard_tests(cand: Scores, serv: Scores, metrics: list[str], margin: float, s
     return {m: sign_flip_test(serv.column(m) - cand.column(m), margin, samples, seed) for m in metrics}
 
 
+def guard_veto(guard: dict[str, PairedTest], alpha: float) -> str | None:
+    """Why the guard tests veto (the worst significant drop beyond the margin), or None."""
+    harmed = [(m, t) for m, t in guard.items() if t.p_value < alpha]
+    if not harmed:
+        return None
+    m, t = max(harmed, key=lambda mt: mt[1].mean)
+    return f"guard {m} fell {t.mean:.4f} over {t.n} queries, beyond gate.guard_margin {t.shift} (p={t.p_value:.3f} < {alpha})"
+
+
 def _rule(metric: str, test: PairedTest, guard: dict[str, PairedTest], needed: int | None, alpha: float,
           min_gain: float, margin: float) -> tuple[str, str]:
     gain = f"heldout {metric} {test.mean:+.4f} over {test.n} queries"
-    harmed = [(m, t) for m, t in guard.items() if t.p_value < alpha]
-    if harmed:
-        m, t = max(harmed, key=lambda mt: mt[1].mean)
-        return "reject", (f"guard {m} fell {t.mean:.4f} over {t.n} queries, beyond gate.guard_margin {t.shift} "
-                          f"(p={t.p_value:.3f} < {alpha})")
+    veto = guard_veto(guard, alpha)
+    if veto:
+        return "reject", veto
     if test.mean < min_gain:
         return "reject", f"{gain}: below gate.min_gain {min_gain}, too small to be worth a promotion"
     if test.p_value >= alpha:
@@ -176,12 +183,10 @@ def retire_heldout(engine: Engine) -> int:
     test nothing: a gate comparing a candidate with it on them would favour what serves. Later candidates
     are gated on queries that arrived since (and train on these, as the refit did).
     """
-    trained: set[int] = set()
-    for kind in (registry.EMBEDDER, registry.RERANKER):
-        row = registry.serving(engine, kind)
-        trained.update(((row or {}).get("lineage") or {}).get("pair_ids", []))
-    if not trained:
+    lineage = (registry.serving(engine, registry.EMBEDDER) or {}).get("lineage") or {}
+    if lineage.get("refit_of") is None:  # anything else serving passed the leak check: nothing to retire
         return 0
+    trained = set(lineage.get("pair_ids", []))
     with engine.connect() as conn:
         rows = conn.execute(sa.select(pairs_t.c.id, pairs_t.c.query_norm, pairs_t.c.split)).all()
     keys = {split_key(r.query_norm) for r in rows if r.id in trained}
