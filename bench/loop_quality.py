@@ -13,7 +13,8 @@ pipeline when the reranker is trained, alone and fused at its validated weight (
 that base before any fine-tune, alone and fused at the weight it earns on the same validation queries);
 and the peer, the one-shot script (bench/benchmarks.py: MNRL,
 3 epochs, lr 2e-5, batch 16) fine-tuned on every traffic question so far with production's top wrong chunk
-as its negative. The last line is machine-readable: serving_* is what serves after the last wave,
+as its negative. After the last wave, what serves is compared with the script per unseen question (paired
+difference, 95% bootstrap interval, questions won and lost, two-sided p). The last line is machine-readable: serving_* is what serves after the last wave,
 script_* the script after the last wave.
 """
 
@@ -33,10 +34,12 @@ from daemon import registry
 from daemon.config import settings_from_dict
 from daemon.corpus import load_corpus
 from daemon.cycle import run_cycle
-from daemon.evaluate import Corpus, corpus_embeddings, cross_scores, fuse_rankings, retrieve, retrieve_scored, score
+from daemon.evaluate import (Corpus, Scores, corpus_embeddings, cross_scores, fuse_rankings, retrieve,
+                             retrieve_scored, score)
 from daemon.fusion import model_weight
 from daemon.gate import load_reranker
 from daemon.ingest import ingest_once
+from daemon.stats import paired_difference
 from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
 
@@ -129,7 +132,7 @@ def main() -> None:
         if args.synth == "smollm2":
             synthesize_offline(engine, settings, args.synth_cache)
         wrong: dict[str, str] = {}
-        per_wave, hits_after, cycle_times = [], [], []
+        per_wave, hits_after, cycle_times, script_pq = [], [], [], None
         for w, wave in enumerate(waves_of(traffic, args.waves)):
             model, key, label = serving_model(engine, settings, base)
             misses = log_wave(model, key, corpus, cache, wave, w, work / "feedback.jsonl", wrong)
@@ -148,8 +151,8 @@ def main() -> None:
             rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
             seen = [q for q in traffic if q["query"] in wrong]
             if not args.no_script:
-                rows[f"one-shot script on {len(seen)} traffic questions"] = script_unseen(
-                    corpus, seen, wrong, unseen, work / f"script-{w}", device)
+                script_pq = script_unseen(corpus, seen, wrong, unseen, work / f"script-{w}", device)
+                rows[f"one-shot script on {len(seen)} traffic questions"] = script_pq.mean()
             per_wave.append((rows, flags))
             hits_after.append(serving_pq)
             print_rows(rows)
@@ -165,6 +168,8 @@ def main() -> None:
     print(f"\nunseen questions ({len(unseen)}), {device}; cycles {', '.join(f'{c:.0f}s' for c in cycle_times)}, "
           f"total {time.monotonic() - t_start:.0f}s")
     print_rows(rows)
+    if script_pq is not None:
+        print_paired(Scores(hits_after[-1]), script_pq, "what serves (its embedder) - the one-shot script")
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
     sv = p if flags["promoted_reranker"] else e
     sc = next((m for name, m in rows.items() if name.startswith("one-shot script")), None)
@@ -189,15 +194,23 @@ def serving_model(engine, settings, base):
 
 
 def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unseen: list[dict], out: Path,
-                  device: str) -> dict[str, float]:
-    """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored on the unseen half."""
+                  device: str) -> Scores:
+    """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored per unseen question."""
     from benchmarks import one_shot_finetune
 
     rows = [(q["query"], corpus.text_of[p], corpus.text_of[wrong[q["query"]]]) for q in seen for p in q["expected_ids"]]
     model = load_embedder(str(one_shot_finetune(packaged_minilm(), rows, out)), device)
     emb = corpus_embeddings(model, corpus, None, "script")
     return score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
-                 [set(q["expected_ids"]) for q in unseen]).mean()
+                 [set(q["expected_ids"]) for q in unseen])
+
+
+def print_paired(a: Scores, b: Scores, label: str) -> None:
+    """The paired difference a - b on the same unseen questions, with its 95% bootstrap interval, the
+    questions each side won, and the two-sided sign-flip p (daemon.stats.paired_difference)."""
+    print(f"paired, {label}, on {len(a.per_query)} unseen questions (95% bootstrap interval; questions won/lost):")
+    for m in ("hit@1", "hit@5", "hit@10", "mrr@10"):
+        print(f"  {m:7s} {paired_difference(a.column(m), b.column(m)).describe()}")
 
 
 def print_rows(rows: dict[str, dict[str, float]]) -> None:

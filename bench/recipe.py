@@ -8,7 +8,9 @@ split by the gate's own rule (`rebalance_heldout`), exactly as a first cycle see
 and dotted settings overrides) then runs the daemon's training child (`daemon.fit.fit`, in-process) from
 the base embedder on that train split, and the result is scored on the gate's held-out queries and on the
 unseen half, which neither training nor the gate ever sees. The base embedder and the one-shot script
-(trained on every traffic question) are scored in the same run. `--alphas` also scores each recipe's
+(trained on every traffic question) are scored in the same run, and each recipe is compared with both
+per unseen question: the paired difference with its 95% bootstrap interval, the questions each side won,
+and the two-sided sign-flip p (daemon.stats.paired_difference). `--alphas` also scores each recipe's
 weight interpolation with the base, θ = α·θ_new + (1−α)·θ_base, at fixed α: the curve that
 `train.embedder.interpolation` chooses a point of on validation queries. A recipe with
 train.embedder.mode=adapter trains the query adapter (daemon/adapter.py) on the base's corpus vectors and
@@ -31,7 +33,7 @@ import structlog
 
 from daemon.config import settings_from_dict
 from daemon.corpus import load_corpus
-from daemon.evaluate import Corpus, corpus_embeddings, eval_sets, retrieve, score
+from daemon.evaluate import Corpus, Scores, corpus_embeddings, eval_sets, retrieve, score
 from daemon.fit import fit
 from daemon.validation import interpolate
 from daemon.gate import rebalance_heldout
@@ -41,7 +43,7 @@ from daemon.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmarks import CACHE, DIRS  # noqa: E402
-from loop_quality import log_wave, script_unseen  # noqa: E402
+from loop_quality import log_wave, print_paired, script_unseen  # noqa: E402
 
 
 def parse_recipes(raw: list[list[str]]) -> dict[str, dict]:
@@ -68,9 +70,9 @@ def merge(a: dict, b: dict) -> dict:
 
 
 def scored(model, corpus: Corpus, sets: dict[str, tuple[list[str], list[set[str]]]], cache: Path | None = None,
-           key: str = "recipe") -> dict[str, dict[str, float]]:
+           key: str = "recipe") -> dict[str, Scores]:
     emb = corpus_embeddings(model, corpus, cache, key)
-    return {name: score(retrieve(model, corpus, emb, qs, 10), rel).mean() for name, (qs, rel) in sets.items()}
+    return {name: score(retrieve(model, corpus, emb, qs, 10), rel) for name, (qs, rel) in sets.items()}
 
 
 def main() -> None:
@@ -144,16 +146,28 @@ def main() -> None:
             print_rows(results)
         engine.dispose()
     print_rows(results)
-    last = {r[0].split(" (")[0].strip().replace(" ", "_"): r[1] for r in results}
+    print_pairs(results)
+    last = {r[0].split(" (")[0].strip().replace(" ", "_"): {s: v.mean() for s, v in r[1].items()} for r in results}
     print(" ".join(f"{k}_{s}_{m.replace('@', '')}={v[s][m]:.3f}" for k, v in last.items() for s in v
                    for m in ("hit@1", "hit@10", "mrr@10")) + f" benchmark={args.benchmark} device={device}")
+
+
+def print_pairs(results) -> None:
+    """Each recipe against the base and the script, paired on the same unseen questions."""
+    peers = [(name, by_set["unseen"]) for name, by_set, _ in results
+             if name.startswith(("base embedder", "one-shot script"))]
+    for name, by_set, _ in results:
+        if name.startswith(("base embedder", "one-shot script")):
+            continue
+        for peer, sc in peers:
+            print_paired(by_set["unseen"], sc, f"{name.strip()} - {peer}")
 
 
 def print_rows(results) -> None:
     print(f"\n{'recipe':48s} {'set':8s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s} "
           f"{'ndcg@10':>7s} {'time':>6s}")
     for name, by_set, took in results:
-        for s, m in by_set.items():
+        for s, m in ((s, v.mean()) for s, v in by_set.items()):
             print(f"{name[:48]:48s} {s:8s} {m['hit@1']:6.3f} {m['hit@3']:6.3f} {m['hit@5']:6.3f} {m['hit@10']:6.3f} "
                   f"{m['mrr@10']:6.3f} {m['ndcg@10']:7.3f} {took:5.0f}s")
     sys.stdout.flush()
