@@ -328,8 +328,8 @@ class TrainSettings(_Section):
     timeout_s: float = Field(6 * 3600, gt=0, description="a training job running longer is killed and registers nothing")
     max_pairs: int = Field(50_000, ge=1, description="most train pairs replayed per job (newest and most frequent first)")
     weights: dict[Literal["failure", "hit", "synthetic"], int] = Field(
-        default_factory=lambda: {"failure": 2, "hit": 1, "synthetic": 1},
-        description='times each pair of an origin appears per epoch, e.g. {failure = 2, hit = 1, synthetic = 1}; 0 leaves it out',
+        default_factory=lambda: {"failure": 1, "hit": 1, "synthetic": 1},
+        description='times each pair of an origin appears per epoch, e.g. {failure = 2, hit = 1, synthetic = 1} to repeat misses; 0 leaves it out',
     )
     max_synthetic_share: float = Field(
         0.5, ge=0, le=1, description="synthetic pairs are sampled down to at most this share of the pairs, 0..1"
@@ -344,7 +344,7 @@ class TrainSettings(_Section):
     def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
         if any(w < 0 for w in v.values()):
             raise ValueError("weights must be 0 or more")
-        return {"failure": 2, "hit": 1, "synthetic": 1, **v}
+        return {"failure": 1, "hit": 1, "synthetic": 1, **v}
 
 
 DEFAULT_SYNTH_PROMPT = (
