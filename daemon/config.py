@@ -315,6 +315,10 @@ class RerankerTrainSettings(_ModelTrainSettings):
     )
 
 
+# Times each pair of an origin appears per epoch; an origin a config leaves out keeps its default.
+DEFAULT_WEIGHTS = {"failure": 1, "hit": 1, "synthetic": 1}
+
+
 class TrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description='"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps"'
@@ -328,7 +332,7 @@ class TrainSettings(_Section):
     timeout_s: float = Field(6 * 3600, gt=0, description="a training job running longer is killed and registers nothing")
     max_pairs: int = Field(50_000, ge=1, description="most train pairs replayed per job (newest and most frequent first)")
     weights: dict[Literal["failure", "hit", "synthetic"], int] = Field(
-        default_factory=lambda: {"failure": 1, "hit": 1, "synthetic": 1},
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
         description='times each pair of an origin appears per epoch, e.g. {failure = 2, hit = 1, synthetic = 1} to repeat misses; 0 leaves it out',
     )
     max_synthetic_share: float = Field(
@@ -344,7 +348,7 @@ class TrainSettings(_Section):
     def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
         if any(w < 0 for w in v.values()):
             raise ValueError("weights must be 0 or more")
-        return {"failure": 1, "hit": 1, "synthetic": 1, **v}
+        return {**DEFAULT_WEIGHTS, **v}
 
 
 DEFAULT_SYNTH_PROMPT = (
