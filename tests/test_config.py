@@ -46,7 +46,7 @@ def test_repo_config_names_every_setting():
             sub = field.annotation
             if isinstance(sub, type) and issubclass(sub, BaseModel):
                 out += missing(sub, table.get(name, {}), f"{prefix}{name}.")
-            elif name not in table and name != "source":  # source: where the settings were read from
+            elif name not in table and not field.exclude:  # excluded: not a setting (where they were read from)
                 out.append(prefix + name)
         return out
 
