@@ -14,7 +14,8 @@ that base before any fine-tune, alone and fused at the weight it earns on the sa
 and the peer, the one-shot script (bench/benchmarks.py: MNRL,
 3 epochs, lr 2e-5, batch 16) fine-tuned on every traffic question so far with production's top wrong chunk
 as its negative. After the last wave, what serves is compared with the script per unseen question (paired
-difference, 95% bootstrap interval, questions won and lost, two-sided p). The last line is machine-readable: serving_* is what serves after the last wave,
+difference, 95% bootstrap interval, questions won and lost, two-sided p), and so is each reranker pipeline
+with the embedder alone whose top 20 it reorders. The last line is machine-readable: serving_* is what serves after the last wave,
 script_* the script after the last wave.
 """
 
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
     ap.add_argument("--reranker-base", default=None,
                     help="train.reranker.base, e.g. bench/.cache/reranker-standin (bench/reranker_standin.py)")
+    ap.add_argument("--reranker-min-pairs", type=int, default=None,
+                    help="override train.reranker.min_pairs (0: train the cold-start reranker whatever its pairs)")
     ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
     ap.add_argument("--start-from", choices=("serving", "base"), default=None,
                     help="override train.embedder.start_from: continue from what serves, or restart from the base "
@@ -110,6 +113,8 @@ def main() -> None:
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
+        if args.reranker_min_pairs is not None:
+            train["reranker"]["min_pairs"] = args.reranker_min_pairs
         if args.reranker_base:
             train["reranker"]["base"] = str(Path(args.reranker_base).resolve())
         if args.synthetic_share is not None:
@@ -148,7 +153,7 @@ def main() -> None:
                   f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:
                 print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
-            rows, flags, serving_pq = evaluate_unseen(engine, settings, corpus, base, unseen)
+            rows, flags, serving_pq, pipelines = evaluate_unseen(engine, settings, corpus, base, unseen)
             seen = [q for q in traffic if q["query"] in wrong]
             if not args.no_script:
                 script_pq = script_unseen(corpus, seen, wrong, unseen, work / f"script-{w}", device)
@@ -168,6 +173,8 @@ def main() -> None:
     print(f"\nunseen questions ({len(unseen)}), {device}; cycles {', '.join(f'{c:.0f}s' for c in cycle_times)}, "
           f"total {time.monotonic() - t_start:.0f}s")
     print_rows(rows)
+    for name, pq in pipelines.items():
+        print_paired(pq, Scores(hits_after[-1]), f"{name} - {flags['embedder_row']} alone")
     if script_pq is not None:
         print_paired(Scores(hits_after[-1]), script_pq, "what serves (its embedder) - the one-shot script")
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
@@ -256,7 +263,8 @@ def synthesize_offline(engine, settings, cache: Path) -> None:
 
 def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
     """Unseen-half rows of what serves (and what was trained beside it: a kept-out candidate, or the gated
-    candidate whose refit on all traffic serves)."""
+    candidate whose refit on all traffic serves); the per-query scores of what serves' embedder; and of each
+    reranker pipeline (alone and fused), by row name."""
     queries = [q["query"] for q in unseen]
     relevant = [set(q["expected_ids"]) for q in unseen]
     cache = settings.state_dir / "cache" / "embeddings"
@@ -290,9 +298,13 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         m = load_embedder(cand["path"], settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
             ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
+    pipelines: dict[str, Scores] = {}  # reranker pipelines, per query, for the paired comparison with the embedder
+    # a reranker reorders the first stage's top gate.rerank_depth, as the gate scores it and production applies it
+    depth = max(settings.gate.rerank_depth, 10)
+    top, top_sims = [r[:depth] for r in emb_ranked], [x[:depth] for x in scored[emb_key]]
     if settings.train.reranker.base:
-        rows.update(base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked,
-                                       scored[emb_key]))
+        pipelines.update(base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key,
+                                            top, top_sims))
     rr = registry.serving(engine, "reranker")
     promoted_reranker = int(rr is not None)
     rr = rr or _latest(engine, "reranker")
@@ -301,12 +313,14 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         label = "promoted" if promoted_reranker else "candidate (not promoted)"
         w = model_weight(rr["path"])
         head = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']}"
-        cross = cross_scores(load_reranker(rr["path"], settings), corpus, queries, emb_ranked)
-        rows[f"{head} alone (no fusion)"] = score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean()
+        cross = cross_scores(load_reranker(rr["path"], settings), corpus, queries, top)
+        pipelines[f"{head} alone (no fusion)"] = score(fuse_rankings(top, None, cross, 1.0), relevant)
         pipe_row = f"{head} fused w={w} {label}"  # as the gate scored it and production applies it
-        rows[pipe_row] = score(fuse_rankings(emb_ranked, scored[emb_key], cross, w), relevant).mean()
+        pipelines[pipe_row] = score(fuse_rankings(top, top_sims, cross, w), relevant)
+        print_by_weight(f"reranker v{rr['version']}", top, top_sims, cross, relevant)
+    rows.update({name: pq.mean() for name, pq in pipelines.items()})
     return rows, {"embedder_row": emb_row, "pipeline_row": pipe_row, "promoted_embedder": promoted_embedder,
-                  "promoted_reranker": promoted_reranker}, score(emb_ranked, relevant).per_query
+                  "promoted_reranker": promoted_reranker}, score(emb_ranked, relevant).per_query, pipelines
 
 
 def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked, sims):
@@ -324,9 +338,21 @@ def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, e
     model = load_reranker(settings.train.reranker.base, settings)
     w = choose_fusion(model, emb_model, engine, {"mining_key": emb_key}, settings, validation)["weight"]
     cross = cross_scores(model, corpus, queries, emb_ranked)
-    return {"+ reranker base (not fine-tuned) alone": score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant).mean(),
-            f"+ reranker base (not fine-tuned) fused w={w}": score(fuse_rankings(emb_ranked, sims, cross, w),
-                                                                    relevant).mean()}
+    print_by_weight("the reranker base (not fine-tuned)", emb_ranked, sims, cross, relevant)
+    return {"+ reranker base (not fine-tuned) alone": score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant),
+            f"+ reranker base (not fine-tuned) fused w={w}": score(fuse_rankings(emb_ranked, sims, cross, w), relevant)}
+
+
+def print_by_weight(name: str, top, sims, cross, relevant) -> None:
+    """Unseen hit@1 and MRR@10 of the fused pipeline at every fusion weight: a diagnostic of what the weight
+    could buy at best (the ceiling of this reranker), never used to choose it (that is validation's job)."""
+    from daemon.fusion import WEIGHTS
+
+    cells = []
+    for w in WEIGHTS:
+        m = score(fuse_rankings(top, sims, cross, w), relevant).mean()
+        cells.append(f"{w:.1f}: {m['hit@1']:.3f}/{m['mrr@10']:.3f}")
+    print(f"unseen hit@1/MRR@10 by fusion weight, {name} (diagnostic; w is chosen on validation): " + ", ".join(cells))
 
 
 def _latest(engine, kind: str):
