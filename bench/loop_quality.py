@@ -15,7 +15,7 @@ and the peer, the one-shot script (bench/benchmarks.py: MNRL,
 3 epochs, lr 2e-5, batch 16) fine-tuned on every traffic question so far with production's top wrong chunk
 as its negative. After the last wave, what serves is compared with the script per unseen question (paired
 difference, 95% bootstrap interval, questions won and lost, two-sided p), and so is each reranker pipeline
-with the embedder alone whose top 20 it reorders. The last line is machine-readable: serving_* is what serves after the last wave,
+with the embedder alone whose top gate.rerank_depth it reorders. The last line is machine-readable: serving_* is what serves after the last wave,
 script_* the script after the last wave.
 """
 
@@ -35,7 +35,7 @@ from daemon import registry
 from daemon.config import settings_from_dict
 from daemon.corpus import load_corpus
 from daemon.cycle import run_cycle
-from daemon.evaluate import (Corpus, Scores, corpus_embeddings, cross_scores, fuse_rankings, retrieve,
+from daemon.evaluate import (Corpus, Scores, corpus_embeddings, cross_scores, fuse_rankings, fused_by_weight, retrieve,
                              retrieve_scored, score)
 from daemon.fusion import model_weight
 from daemon.gate import load_reranker
@@ -300,7 +300,7 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
             ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
     pipelines: dict[str, Scores] = {}  # reranker pipelines, per query, for the paired comparison with the embedder
     # a reranker reorders the first stage's top gate.rerank_depth, as the gate scores it and production applies it
-    depth = max(settings.gate.rerank_depth, 10)
+    depth = settings.gate.rerank_depth
     top, top_sims = [r[:depth] for r in emb_ranked], [x[:depth] for x in scored[emb_key]]
     if settings.train.reranker.base:
         pipelines.update(base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key,
@@ -346,12 +346,7 @@ def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, e
 def print_by_weight(name: str, top, sims, cross, relevant) -> None:
     """Unseen hit@1 and MRR@10 of the fused pipeline at every fusion weight: a diagnostic of what the weight
     could buy at best (the ceiling of this reranker), never used to choose it (that is validation's job)."""
-    from daemon.fusion import WEIGHTS
-
-    cells = []
-    for w in WEIGHTS:
-        m = score(fuse_rankings(top, sims, cross, w), relevant).mean()
-        cells.append(f"{w:.1f}: {m['hit@1']:.3f}/{m['mrr@10']:.3f}")
+    cells = [f"{w:.1f}: {m['hit@1']:.3f}/{m['mrr@10']:.3f}" for w, m in fused_by_weight(top, sims, cross, relevant).items()]
     print(f"unseen hit@1/MRR@10 by fusion weight, {name} (diagnostic; w is chosen on validation): " + ", ".join(cells))
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
 from daemon.encoding import encode_documents, encode_queries
-from daemon.fusion import fused_order
+from daemon.fusion import WEIGHTS, fused_order
 from daemon.store import Chunk, TrainingPair
 
 log = structlog.get_logger(__name__)
@@ -221,6 +221,12 @@ def fuse_rankings(candidates: list[list[str]], first: list[np.ndarray] | None, c
     orders = [np.argsort(-c, kind="stable") if alone else fused_order(f, c, weight)
               for f, c in zip(first or [None] * len(cross), cross)]
     return [[cands[j] for j in order] for cands, order in zip(candidates, orders)]
+
+
+def fused_by_weight(candidates: list[list[str]], first: list[np.ndarray], cross: list[np.ndarray],
+                    relevant: list[set[str]]) -> dict[float, dict[str, float]]:
+    """Mean metrics of the fused pipeline at every fusion weight (daemon/fusion.py WEIGHTS)."""
+    return {w: score(fuse_rankings(candidates, first, cross, w), relevant).mean() for w in WEIGHTS}
 
 
 def score(ranked: list[list[str]], relevant: list[set[str]]) -> Scores:

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from daemon.config import Settings
-from daemon.fusion import WEIGHTS, choose_weight
+from daemon.fusion import choose_weight
 from daemon.mining import TrainingData, assemble
 from daemon.models import load_embedder, pick_device
 from daemon.progress import Progress
@@ -135,7 +135,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
                   validation: dict[str, set[str]]) -> dict[str, Any]:
     """The fusion weight (daemon/fusion.py) with the best gate metric on the validation queries, ranked by
     the serving embedder's top gate.rerank_depth as the gate and production rank them."""
-    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings, cross_scores, fuse_rankings, retrieve_scored, score
+    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings, cross_scores, fused_by_weight, retrieve_scored
 
     metric = settings.gate.reranker_metric
     if len(validation) < settings.train.reranker.min_validation:
@@ -149,7 +149,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
     cands, sims = retrieve_scored(miner, corpus, emb, queries, max(settings.gate.rerank_depth, 10))
     cross = cross_scores(reranker, corpus, queries, cands)
     relevant = [validation[q] for q in queries]
-    by_weight = {w: score(fuse_rankings(cands, sims, cross, w), relevant).mean()[metric] for w in WEIGHTS}
+    by_weight = {w: m[metric] for w, m in fused_by_weight(cands, sims, cross, relevant).items()}
     weight = choose_weight(by_weight)
     log.info("train.fusion", weight=weight, validation_queries=len(queries), metric=metric,
              embedder_alone=by_weight[0.0], fused=by_weight[weight], reranker_alone=by_weight[1.0])
