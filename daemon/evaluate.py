@@ -263,7 +263,7 @@ class Evaluator:
             emb = corpus_embeddings(model, self.corpus, self.cache_dir, key,
                                     devices=self.settings.index.encode_devices)
             self._ranked[memo] = (model, retrieve_scored(model, self.corpus, emb, self.sets[set_name].queries,
-                                                         max(self.settings.gate.rerank_depth, 10)))
+                                                         self.settings.gate.rerank_depth))
         return self._ranked[memo][1]
 
     def embedder_scores(self, key: str, model) -> dict[str, Scores]:

@@ -16,9 +16,11 @@ rank 0 chooses, saves and describes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +148,7 @@ def choose_fusion(reranker, miner, engine, job: dict[str, Any], settings: Settin
     corpus = Corpus(engine)
     emb = corpus_embeddings(miner, corpus, cache_dir(settings), job["mining_key"])
     queries = sorted(validation)
-    cands, sims = retrieve_scored(miner, corpus, emb, queries, max(settings.gate.rerank_depth, 10))
+    cands, sims = retrieve_scored(miner, corpus, emb, queries, settings.gate.rerank_depth)
     cross = cross_scores(reranker, corpus, queries, cands)
     relevant = [validation[q] for q in queries]
     by_weight = {w: m[metric] for w, m in fused_by_weight(cands, sims, cross, relevant).items()}
@@ -250,8 +252,13 @@ def _fit_reranker(start: str, data: TrainingData, settings: Settings, device: st
                                                              CachedMultipleNegativesRankingLoss, LambdaLoss)
 
     cfg = settings.train.reranker
-    model = CrossEncoder(start, num_labels=1, max_length=cfg.max_seq_length, device=device,
-                         trust_remote_code=settings.train.trust_remote_code, model_kwargs={"use_safetensors": True})
+    fresh = not _has_classifier(start)
+    if fresh:
+        log.info("train.fresh_head", start=start, reason="the start is not a cross-encoder: a new one-label head "
+                 "is initialized and trained (a cold start)")
+    with _quiet_fresh_head(fresh):
+        model = CrossEncoder(start, num_labels=1, max_length=cfg.max_seq_length, device=device,
+                             trust_remote_code=settings.train.trust_remote_code, model_kwargs={"use_safetensors": True})
     ds = reranker_dataset(data, cfg.loss)
     if cfg.loss == "bce":
         # one positive per n negatives: weigh positives so the classes count equally
@@ -265,6 +272,32 @@ def _fit_reranker(start: str, data: TrainingData, settings: Settings, device: st
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=ds, loss=loss,
                                   callbacks=[_progress_callback("reranker", settings)])
     return _train_and_save(trainer, model, out)
+
+
+def _has_classifier(start: str) -> bool:
+    """Whether ``start`` is a cross-encoder (a sequence-classification head), by its config.json. A name
+    that is not a local folder (a hub id) counts as one: the libraries' own load report then stays on."""
+    try:
+        archs = json.loads((Path(start) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError):
+        return True
+    return any("ForSequenceClassification" in a for a in archs)
+
+
+@contextmanager
+def _quiet_fresh_head(quiet: bool):
+    """A cold start builds a new head on purpose, and train.fresh_head says so: the libraries' warnings
+    about it ("Converting ... to CrossEncoder", a LOAD REPORT of the missing classifier) are then noise."""
+    names = ("sentence_transformers.base.model", "transformers.modeling_utils")
+    loggers = [logging.getLogger(n) for n in names] if quiet else []
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _train(trainer) -> None:
