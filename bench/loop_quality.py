@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--report", type=Path, default=None, help="write `ragloop report` of the run's store here")
     ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
+    ap.add_argument("--negatives", type=int, default=None, help="override train.embedder.negatives")
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
     ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
     ap.add_argument("--reranker-base", default=None,
@@ -109,7 +110,8 @@ def main() -> None:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr), ("start_from", args.start_from)),
+        overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr), ("start_from", args.start_from),
+                                  ("negatives", args.negatives)),
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
@@ -153,6 +155,8 @@ def main() -> None:
                   f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:
                 print(f"gate: {d['kind']} v{d['version']} -> {d['outcome']}: {d['reason']}")
+            for d in report.not_trained:
+                print(f"not trained: {d['kind']}: {d['reason']}")
             rows, flags, serving_pq, pipelines = evaluate_unseen(engine, settings, corpus, base, unseen)
             seen = [q for q in traffic if q["query"] in wrong]
             if not args.no_script:
