@@ -2,7 +2,7 @@
 
 Real deployments start the reranker from a pretrained cross-encoder (e.g. BAAI/bge-reranker-base); none
 ships on PyPI and no hub can be reached here. This builds one the same way such models are made, at a
-scale this CPU allows, from two Debian packages:
+scale this CPU allows, from Debian packages:
   - manpages, manpages-dev (the Linux man-pages project): a page's NAME line ("open and possibly create a
     file") is the query, the start of its DESCRIPTION the passage;
   - dict-foldoc (the Free On-line Dictionary of Computing): "What is <term>?" is the query, the term's
@@ -11,6 +11,9 @@ scale this CPU allows, from two Debian packages:
     git's gitfaq from git-doc): a question is the query, its answer the passage. Man-page NAME lines and
     FOLDOC terms are not phrased as users ask; these are, as the benchmarks' questions are. Their pairs
     are repeated --faq-repeat times so that a few hundred questions weigh against thousands of pages.
+  - with --faq --more-faqs, thirteen more FAQs neither benchmark uses (Vim from vim-doc, CVS, libcurl,
+    WeeChat, nano, Privoxy, xterm, screen, tcsh, procmail, lftp, irssi, ELinks): 1,001 questions in all
+    instead of 183. A heading that starts like a question ("How to ...", "Why ...") counts as one.
 Negatives per query: the passages the packaged MiniLM ranks highest for it (hard) and one at random.
 The cross-encoder starts from the packaged MiniLM with a fresh one-label head and is trained with
 sentence-transformers' CrossEncoderTrainer and BinaryCrossEntropyLoss, once, into
@@ -28,6 +31,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import CACHE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 OUT = CACHE / "reranker-standin"
 PACKAGES = ("manpages", "manpages-dev", "dict-foldoc")
@@ -118,12 +124,10 @@ def foldoc_pairs(root: Path, limit: int, words: int = 150) -> list[tuple[str, st
     return random.Random(SEED).sample(entries, min(limit, len(entries)))
 
 
-def faq_pairs(root: Path, words: int = 150) -> list[tuple[str, str]]:
+def faq_pairs(root: Path, words: int = 150, more: bool = False) -> list[tuple[str, str]]:
     """(question, start of its answer) from the Emacs FAQ (info), the fetchmail FAQ (HTML) and gitfaq
-    (asciidoc): every section whose title is a question and whose answer has at least 25 words."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    (asciidoc), and with ``more`` thirteen more FAQs: every section whose title is a question (or starts
+    like one) and whose answer has at least 25 words, each question once."""
     import html_faqs
 
     found = []
@@ -137,12 +141,82 @@ def faq_pairs(root: Path, words: int = 150) -> list[tuple[str, str]]:
     git = (root / "usr/share/doc/git-doc/gitfaq.txt").read_text(encoding="utf-8", errors="replace")
     for m in re.finditer(r"^\[\[[^]]+\]\]\n(.+?\?)::\n(.*?)(?=^\[\[|^\S.*\n---|\Z)", git, re.S | re.M):
         found.append((m.group(1), re.sub(r"linkgit:([\w-]+)\[\d\]", r"\1", m.group(2)).replace("\n+\n", "\n")))
-    pairs = []
+    if more:
+        found += more_faq_pairs(root)
+    pairs, seen = [], set()
     for q, a in found:
         q, a = " ".join(q.split()), " ".join(a.split())
-        if q.endswith("?") and len(a.split()) >= 25:
+        if more and not q.endswith("?") and QUESTION_WORDS.match(q):
+            q += "?"
+        if q.endswith("?") and len(a.split()) >= 25 and q.lower() not in seen:
+            seen.add(q.lower())
             pairs.append((q, " ".join(a.split()[:words])))
     return pairs
+
+
+MORE_FAQ_PACKAGES = ("vim-doc", "cvs", "libcurl4-doc", "weechat-doc", "nano", "privoxy", "xterm", "screen", "tcsh",
+                     "procmail", "lftp", "irssi", "elinks-doc")
+QUESTION_WORDS = re.compile(r"^(how|what|why|where|when|which|who|can|could|is|are|does|do|did|should|will|"
+                            r"would|may)\b", re.I)
+
+
+def _text(root: Path, rel: str) -> str:
+    path = root / rel
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return data.decode("utf-8", "replace")
+
+
+def qa_blocks(text: str) -> list[tuple[str, str]]:
+    """``Q: ...`` / ``A: ...`` plain-text FAQs (screen, lftp, irssi)."""
+    return [(m.group(1), m.group(2)) for m in
+            re.finditer(r"^Q:\s*(.+?)\n\s*A:\s*(.*?)(?=^Q:|\Z)", text, re.S | re.M)]
+
+
+def headed_blocks(text: str, heading: str) -> list[tuple[str, str]]:
+    """Sections of a plain-text FAQ whose headings match ``heading`` (a regex for one line, group 1 the
+    question's start): the question runs on over the following non-blank lines that are not headings
+    themselves, the answer to the next heading. Table-of-contents entries get empty answers (dropped later)."""
+    lines, out, q, a = text.splitlines(), [], None, []
+    head = re.compile(heading)
+    i = 0
+    while i < len(lines):
+        m = head.match(lines[i])
+        if m:
+            if q is not None:
+                out.append((q, "\n".join(a)))
+            q, a = m.group(1), []
+            while i + 1 < len(lines) and lines[i + 1].strip() and not head.match(lines[i + 1]) \
+                    and not q.rstrip().endswith("?"):
+                i += 1
+                q += " " + lines[i].strip()
+        elif q is not None:
+            a.append(lines[i])
+        i += 1
+    if q is not None:
+        out.append((q, "\n".join(a)))
+    return out
+
+
+def more_faq_pairs(root: Path) -> list[tuple[str, str]]:
+    """(question, answer) sections of thirteen more FAQs neither benchmark uses (Vim, CVS, curl, WeeChat,
+    nano, Privoxy, xterm, screen, tcsh, procmail, lftp, irssi, ELinks)."""
+    import html_faqs
+
+    doc = "usr/share/doc/"
+    found = headed_blocks(_text(root, doc + "vim/FAQ.gz"), r"^\d+\.\d+\.\s+(\S.*)$")
+    found += headed_blocks(_text(root, doc + "cvs/FAQ.gz"), r"^    \d+\.\s+(\S.*?)\s*$")
+    found += headed_blocks(_text(root, doc + "libcurl4/FAQ.gz"), r"^  \d+\.\d+\s+(\S.*)$")
+    found += headed_blocks(_text(root, doc + "procmail/FAQ"), r"^\d+\.\s+(\S.*)$")
+    found += headed_blocks(_text(root, doc + "tcsh/FAQ.gz"), r"^  (\S.*)$")
+    for rel in ("screen/FAQ.gz", "lftp/FAQ", "irssi/faq.txt.gz"):
+        found += qa_blocks(_text(root, doc + rel))
+    found += [(m.group(1), m.group(2)) for m in re.finditer(
+        r"^\[\[[^]]+\]\]\n(.+?)\n~+\n(.*?)(?=^\[\[|\Z)", _text(root, doc + "elinks/faq.txt.gz"), re.S | re.M)]
+    pages = ["weechat-doc/html/weechat_faq.en.html", "nano/faq.html", "xterm/xterm.faq.html"]
+    pages += [str(p.relative_to(root / doc)) for p in sorted((root / doc / "privoxy/faq").glob("*.html"))]
+    for rel in pages:
+        found += [(re.sub(r"^[\d.]+\s*", "", t), b) for t, b in html_faqs.sections(_text(root, doc + rel))]
+    return found
 
 
 def with_negatives(pairs: list[tuple[str, str]], hard: int = 2, repeat_from: int | None = None,
@@ -199,6 +273,8 @@ def main() -> None:
     ap.add_argument("--docs", type=Path, help="root of the extracted packages (default: apt-get download them)")
     ap.add_argument("--foldoc", type=int, default=2000, help="FOLDOC entries to use")
     ap.add_argument("--faq", action="store_true", help="add the Emacs, fetchmail and git FAQs' questions")
+    ap.add_argument("--more-faqs", action="store_true",
+                    help="with --faq, add thirteen more FAQs (Vim, CVS, curl, WeeChat, nano, Privoxy, xterm, ...)")
     ap.add_argument("--faq-repeat", type=int, default=4, help="times each FAQ pair appears (with --faq)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the stand-in goes")
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -210,15 +286,17 @@ def main() -> None:
         print(f"cached: {out}\n" + " ".join(f"{k}={v}" for k, v in json.loads((out / "standin.json").read_text()).items()))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.docs or fetch(Path(tmp), PACKAGES + (FAQ_PACKAGES if args.faq else ()))
+        root = args.docs or fetch(Path(tmp), PACKAGES + (FAQ_PACKAGES if args.faq else ())
+                                   + (MORE_FAQ_PACKAGES if args.faq and args.more_faqs else ()))
         man, foldoc = man_pairs(root), foldoc_pairs(root, args.foldoc)
-        faq = faq_pairs(root) if args.faq else []
+        faq = faq_pairs(root, more=args.more_faqs) if args.faq else []
     rows = with_negatives(man + foldoc + faq, repeat_from=len(man) + len(foldoc), repeat=args.faq_repeat)
     print(f"{len(man)} man pages, {len(foldoc)} FOLDOC entries, {len(faq)} FAQ questions, {len(rows)} labelled "
           f"pairs", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     info = {"man_pairs": len(man), "foldoc_pairs": len(foldoc), "faq_pairs": len(faq),
-            "faq_repeat": args.faq_repeat if faq else 0, "rows": len(rows), "epochs": args.epochs,
+            "faq_repeat": args.faq_repeat if faq else 0,
+            "more_faqs": bool(faq) and args.more_faqs, "rows": len(rows), "epochs": args.epochs,
             "max_length": args.max_length, **train(rows, out, args.epochs, args.max_length)}
     (out / "standin.json").write_text(json.dumps(info))
     print(f"saved: {out}\n" + " ".join(f"{k}={v}" for k, v in info.items()))
