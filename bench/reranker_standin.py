@@ -41,6 +41,7 @@ import numpy as np
 from benchmarks import CACHE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import html_faqs  # noqa: E402  (examples/ is not a package)
 
 OUT = CACHE / "reranker-standin"
 PACKAGES = ("manpages", "manpages-dev", "dict-foldoc")
@@ -124,21 +125,26 @@ def foldoc_pairs(root: Path, limit: int, words: int = 150) -> list[tuple[str, st
     return random.Random(SEED).sample(entries, min(limit, len(entries)))
 
 
+def _text(root: Path, rel: str) -> str:
+    """A packaged document as text, gunzipped if it ends in .gz."""
+    path = root / rel
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return data.decode("utf-8", "replace")
+
+
 def faq_pairs(root: Path, words: int = 150, more: bool = False) -> list[tuple[str, str]]:
     """(question, start of its answer) from the Emacs FAQ (info), the fetchmail FAQ (HTML) and gitfaq
     (asciidoc), and with ``more`` thirteen more FAQs: every section whose title is a question (or starts
     like one) and whose answer has at least 25 words, each question once."""
-    import html_faqs
-
     found = []
-    info = gzip.decompress((root / "usr/share/info/emacs/efaq.info.gz").read_bytes()).decode("utf-8", "replace")
+    info = _text(root, "usr/share/info/emacs/efaq.info.gz")
     for node in info.split("\x1f"):
         m = re.search(r"^\d+\.\d+ (.+?)\n=+\n(.*)", node, re.S | re.M)
         if m:
             found.append((m.group(1), m.group(2)))
-    page = (root / "usr/share/doc/fetchmail/fetchmail-FAQ.html").read_text(encoding="utf-8", errors="replace")
+    page = _text(root, "usr/share/doc/fetchmail/fetchmail-FAQ.html")
     found += [(re.sub(r"^[A-Z]\d+\.\s*", "", t), b) for t, b in html_faqs.sections(page, '<h1 id="G"')]
-    git = (root / "usr/share/doc/git-doc/gitfaq.txt").read_text(encoding="utf-8", errors="replace")
+    git = _text(root, "usr/share/doc/git-doc/gitfaq.txt")
     for m in re.finditer(r"^\[\[[^]]+\]\]\n(.+?\?)::\n(.*?)(?=^\[\[|^\S.*\n---|\Z)", git, re.S | re.M):
         found.append((m.group(1), re.sub(r"linkgit:([\w-]+)\[\d\]", r"\1", m.group(2)).replace("\n+\n", "\n")))
     if more:
@@ -158,12 +164,6 @@ MORE_FAQ_PACKAGES = ("vim-doc", "cvs", "libcurl4-doc", "weechat-doc", "nano", "p
                      "procmail", "lftp", "irssi", "elinks-doc")
 QUESTION_WORDS = re.compile(r"^(how|what|why|where|when|which|who|can|could|is|are|does|do|did|should|will|"
                             r"would|may)\b", re.I)
-
-
-def _text(root: Path, rel: str) -> str:
-    path = root / rel
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return data.decode("utf-8", "replace")
 
 
 def qa_blocks(text: str) -> list[tuple[str, str]]:
@@ -200,8 +200,6 @@ def headed_blocks(text: str, heading: str) -> list[tuple[str, str]]:
 def more_faq_pairs(root: Path) -> list[tuple[str, str]]:
     """(question, answer) sections of thirteen more FAQs neither benchmark uses (Vim, CVS, curl, WeeChat,
     nano, Privoxy, xterm, screen, tcsh, procmail, lftp, irssi, ELinks)."""
-    import html_faqs
-
     doc = "usr/share/doc/"
     found = headed_blocks(_text(root, doc + "vim/FAQ.gz"), r"^\d+\.\d+\.\s+(\S.*)$")
     found += headed_blocks(_text(root, doc + "cvs/FAQ.gz"), r"^    \d+\.\s+(\S.*?)\s*$")
