@@ -279,13 +279,15 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--force", action="store_true", help="train again even if the cache holds one")
     args = ap.parse_args()
+    if args.more_faqs and not args.faq:
+        ap.error("--more-faqs adds to the FAQs --faq brings: pass --faq --more-faqs")
     out = args.out
     if (out / "standin.json").exists() and not args.force:
         print(f"cached: {out}\n" + " ".join(f"{k}={v}" for k, v in json.loads((out / "standin.json").read_text()).items()))
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.docs or fetch(Path(tmp), PACKAGES + (FAQ_PACKAGES if args.faq else ())
-                                   + (MORE_FAQ_PACKAGES if args.faq and args.more_faqs else ()))
+                                   + (MORE_FAQ_PACKAGES if args.more_faqs else ()))
         man, foldoc = man_pairs(root), foldoc_pairs(root, args.foldoc)
         faq = faq_pairs(root, more=args.more_faqs) if args.faq else []
     rows = with_negatives(man + foldoc + faq, repeat_from=len(man) + len(foldoc), repeat=args.faq_repeat)
@@ -294,7 +296,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = {"man_pairs": len(man), "foldoc_pairs": len(foldoc), "faq_pairs": len(faq),
             "faq_repeat": args.faq_repeat if faq else 0,
-            "more_faqs": bool(faq) and args.more_faqs, "rows": len(rows), "epochs": args.epochs,
+            "more_faqs": args.more_faqs, "rows": len(rows), "epochs": args.epochs,
             "max_length": args.max_length, **train(rows, out, args.epochs, args.max_length)}
     (out / "standin.json").write_text(json.dumps(info))
     print(f"saved: {out}\n" + " ".join(f"{k}={v}" for k, v in info.items()))
