@@ -76,28 +76,54 @@ def _crash_and_check(engine, logs, cfg) -> None:
         early = rng.random() < 0.3
         killed = _run_ingest(cfg, rng.uniform(0.2, 1.5) if early else rng.uniform(0.0, 0.8),
                              None if early else lambda: _count(engine))
-        done = _count(engine)
+        done, folded, pending = _settled_counts(engine)
         kills += killed and before < done < written  # count only kills that landed mid-read
         # At every kill point, each stored event's pair is counted once: folded, or named by a pending row.
-        assert _folded(engine) + _pending_events(engine) == done
+        assert folded + pending == done
     _run_ingest(cfg, None)
     with engine.connect() as conn:
         ids = [r for (r,) in conn.execute(sa.text("SELECT request_id FROM feedback_events ORDER BY id"))]
         pair_total = conn.scalar(sa.text("SELECT sum(count) FROM training_pairs"))
         counted = conn.scalar(sa.text("SELECT sum(count) FROM event_counts"))
+        pending = _pending_events(conn)
     assert kills >= KILLS
     assert ids == [f"r{i}" for i in range(written)]  # every line once, in file order
-    assert pair_total == written and counted == written and _pending_events(engine) == 0
+    assert pair_total == written and counted == written and pending == 0
 
 
-def _folded(engine) -> int:
+def _settled_counts(engine) -> tuple[int, int, int]:
+    """Stored events, folded pair counts and events named by pending rows, read in one snapshot once the
+    killed process's server sessions have ended.
+
+    A SIGKILL does not stop PostgreSQL: a COMMIT the client sent just before it died still completes in its
+    server backend, a moment later. Three reads in separate snapshots could straddle that commit (CI saw
+    done 96,600 and then folded + pending 96,800: one 200-line batch landing between the reads), which
+    says nothing about the store. So wait for the other sessions to go, then read once.
+    """
+    if engine.dialect.name == "postgresql":
+        deadline = time.monotonic() + 30
+        while True:
+            with engine.connect() as conn:
+                busy = conn.scalar(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                    "pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'"))
+            if not busy:
+                break
+            assert time.monotonic() < deadline, f"{busy} server session(s) still busy 30 s after the kill"
+            time.sleep(0.05)
     with engine.connect() as conn:
-        return conn.scalar(sa.text("SELECT coalesce(sum(count), 0) FROM training_pairs"))
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all three
+        return (conn.scalar(sa.text("SELECT count(*) FROM feedback_events")),
+                _folded(conn), _pending_events(conn))
 
 
-def _pending_events(engine) -> int:
-    with engine.connect() as conn:
-        return conn.scalar(sa.text(
+def _folded(conn) -> int:
+    return conn.scalar(sa.text("SELECT coalesce(sum(count), 0) FROM training_pairs"))
+
+
+def _pending_events(conn) -> int:
+    return conn.scalar(sa.text(
             'SELECT count(*) FROM feedback_events e JOIN pending_pairs p ON e.cursor_id = p.cursor_id AND '
             'e.id BETWEEN p.first_event_id AND p.last_event_id AND e."offset" >= p.start_offset AND '
             'e."offset" < p.end_offset'))
