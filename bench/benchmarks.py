@@ -114,6 +114,14 @@ def script_rows(bench: Benchmark, questions: list[dict], wrong: list[str], rng: 
     return [(q["query"], text[p], text[w]) for q, ps, w in zip(questions, positives, wrong) for p in ps]
 
 
+def regressed_gained(first: list[dict], last: list[dict], metric: str) -> tuple[int, int]:
+    """(questions answered at ``metric`` in ``first`` but not in ``last``, and the reverse): per-question
+    scores of the same questions at two times."""
+    lost = sum(1 for a, b in zip(first, last, strict=True) if a[metric] and not b[metric])
+    won = sum(1 for a, b in zip(first, last, strict=True) if b[metric] and not a[metric])
+    return lost, won
+
+
 def _cuda() -> bool:
     import torch
 

@@ -44,7 +44,7 @@ from daemon.stats import paired_difference
 from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
 
-from benchmarks import DIRS
+from benchmarks import DIRS, regressed_gained
 
 
 def log_wave(model, key: str, corpus: Corpus, cache: Path, wave: list[dict], day: int, log_path: Path,
@@ -77,6 +77,12 @@ def main() -> None:
                     help="what the cycle trains (a cold-start reranker is skipped below train.reranker.min_pairs)")
     ap.add_argument("--waves", type=int, default=1, help="feed the traffic in this many waves, one day and one cycle each")
     ap.add_argument("--no-script", action="store_true", help="skip the one-shot script peer (one fine-tune per wave)")
+    ap.add_argument("--swap-halves", action="store_true",
+                    help="the benchmark's unseen half is the traffic and its traffic half is unseen: a second, "
+                         "disjoint measurement of the same recipe (bench/pool_halves.py pools both)")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="write each unseen question's metrics (what serves after wave 1 and after the last, and "
+                         "the script) to this JSON file, for bench/pool_halves.py")
     ap.add_argument("--report", type=Path, default=None, help="write `ragloop report` of the run's store here")
     ap.add_argument("--epochs", type=float, default=None, help="override train.embedder.epochs")
     ap.add_argument("--lr", type=float, default=None, help="override train.embedder.learning_rate")
@@ -101,11 +107,17 @@ def main() -> None:
                     help="generated answers by chunk text hash, reused across runs")
     ap.add_argument("--synthetic-share", type=float, default=None, help="override train.max_synthetic_share")
     args = ap.parse_args()
+    if args.dump is not None and args.no_script:
+        ap.error("--dump writes the script's per-question figures beside what serves: drop --no-script")
+    if args.dump is not None and not args.dump.parent.is_dir():
+        ap.error(f"--dump: no directory {args.dump.parent} to write {args.dump.name} in")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     data = DIRS[args.benchmark]
     questions = [json.loads(line) for line in (data / "questions.jsonl").read_text().splitlines()]
     traffic = [q for q in questions if q["half"] == "traffic"]
     unseen = [q for q in questions if q["half"] == "unseen"]
+    if args.swap_halves:
+        traffic, unseen = unseen, traffic
     device = pick_device("auto")
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +141,8 @@ def main() -> None:
                                        "gate": gate, "synth": {"model": "SmolLM2-135M-Instruct.Q4_1",
                                                                "run_token_budget": 0, "daily_token_budget": 0}},
                                       "bench", base_dir=work)
-        print(f"benchmark {args.benchmark}; settings: train {train}, gate {gate}, synth {args.synth}; "
+        swapped = " (halves swapped)" if args.swap_halves else ""
+        print(f"benchmark {args.benchmark}{swapped}; settings: train {train}, gate {gate}, synth {args.synth}; "
               f"{args.waves} wave(s)")
         engine = open_store(settings.store_url)
         load_corpus(engine, data / "corpus.jsonl")
@@ -181,6 +194,13 @@ def main() -> None:
         print_paired(pq, Scores(hits_after[-1]), f"{name} - {flags['embedder_row']} alone")
     if script_pq is not None:
         print_paired(Scores(hits_after[-1]), script_pq, "what serves (its embedder) - the one-shot script")
+    if args.dump is not None:
+        args.dump.write_text(json.dumps({
+            "benchmark": args.benchmark, "swap_halves": args.swap_halves, "waves": args.waves,
+            "serving": flags["embedder_row"], "queries": [q["query"] for q in unseen],
+            "serving_after_wave1": hits_after[0], "serving_after_last": hits_after[-1],
+            "script_after_last": script_pq.per_query}, indent=1))
+        print(f"per-question figures: {args.dump}")
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
     sv = p if flags["promoted_reranker"] else e
     sc = next((m for name, m in rows.items() if name.startswith("one-shot script")), None)
@@ -240,10 +260,8 @@ def print_waves(per_wave, hits_after, unseen: list[dict]) -> None:
         script = f"{sc['hit@1']:12.3f} {sc['hit@5']:6.3f} {sc['hit@10']:6.3f} {sc['mrr@10']:6.3f}" if sc else ""
         print(f"{w + 1:<10d} {flags['embedder_row'][:28]:28s} {sv['hit@1']:6.3f} {sv['hit@5']:6.3f} {sv['hit@10']:6.3f} "
               f"{sv['mrr@10']:6.3f}   {script}")
-    first, last = hits_after[0], hits_after[-1]
     for m in ("hit@1", "hit@10"):
-        lost = sum(1 for a, b in zip(first, last) if a[m] and not b[m])
-        won = sum(1 for a, b in zip(first, last) if b[m] and not a[m])
+        lost, won = regressed_gained(hits_after[0], hits_after[-1], m)
         print(f"unseen questions at {m} after wave 1 but not after the last: {lost} regressed, {won} gained "
               f"(of {len(unseen)})")
 

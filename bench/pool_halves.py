@@ -1,0 +1,97 @@
+"""Pool `loop_quality.py --dump` files: what serves after the last wave against the script, on more questions.
+
+    python bench/pool_halves.py bench/out/ex-usual.json bench/out/ex-swapped.json \\
+                                bench/out/perl-usual.json bench/out/perl-swapped.json
+
+One run scores a recipe on one half of a benchmark (142-231 unseen questions): a lead of one or two
+questions is inside its noise. The same run with --swap-halves trains on the other half and scores on
+this one, so a benchmark's two runs together score every one of its questions once, each by a model that
+never saw it. Pooled per question, the paired difference (what serves - the script) is measured on 454
+(examples), 295 (Perl FAQ) or 749 questions. Printed per file, per benchmark and over all files: the
+paired difference (95% bootstrap interval, questions won/lost, two-sided sign-flip p; daemon.stats), and
+the questions that regressed or gained at hit@1 and hit@10 from wave 1 to the last wave.
+
+Each file must be a distinct run: the same half twice would count its questions twice (refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks import regressed_gained
+
+from daemon.evaluate import Scores
+from daemon.stats import paired_difference
+
+METRICS = ("hit@1", "hit@5", "hit@10", "mrr@10")
+
+
+def read(path: Path) -> dict:
+    """One dump, checked: the per-question lists it pairs must cover the same questions."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: {path}: not a loop_quality --dump file ({exc})") from None
+    missing = {"benchmark", "swap_halves", "queries", "serving_after_wave1", "serving_after_last",
+               "script_after_last"} - set(d)
+    if missing:
+        raise SystemExit(f"error: {path}: not a loop_quality --dump file (no {', '.join(sorted(missing))})")
+    n = len(d["queries"])
+    for k in ("serving_after_wave1", "serving_after_last", "script_after_last"):
+        if len(d[k]) != n:
+            raise SystemExit(f"error: {path}: {k} has {len(d[k])} questions, queries {n}")
+    return d
+
+
+def report(label: str, dumps: list[dict]) -> None:
+    serving = Scores([q for d in dumps for q in d["serving_after_last"]])
+    script = Scores([q for d in dumps for q in d["script_after_last"]])
+    n = len(serving.per_query)
+    print(f"\n{label}: {n} unseen questions; what serves {_means(serving)}; script {_means(script)}")
+    print("  paired, what serves - the script (95% bootstrap interval; questions won/lost):")
+    for m in METRICS:
+        print(f"    {m:7s} {paired_difference(serving.column(m), script.column(m)).describe()}")
+    first = [q for d in dumps for q in d["serving_after_wave1"]]
+    for m in ("hit@1", "hit@10"):
+        lost, won = regressed_gained(first, serving.per_query, m)
+        print(f"  at {m}, answered after wave 1 but not after the last: {lost} regressed, {won} gained")
+
+
+def _means(s: Scores) -> str:
+    mean = s.mean()
+    return " / ".join(f"{mean[m]:.3f}" for m in METRICS) + " (hit@1 / hit@5 / hit@10 / MRR@10)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dumps", nargs="+", type=Path, help="files written by bench/loop_quality.py --dump")
+    args = ap.parse_args()
+    if len({p.resolve() for p in args.dumps}) < len(args.dumps):
+        ap.error("a file is named twice: its questions would count twice")
+    dumps = [read(p) for p in args.dumps]
+    seen: dict[tuple[str, bool], Path] = {}
+    for p, d in zip(args.dumps, dumps):
+        key = (d["benchmark"], d["swap_halves"])
+        if key in seen:  # compare runs, not question texts: a benchmark may ask the same text twice
+            ap.error(f"{p} and {seen[key]} both score the {'swapped' if key[1] else 'usual'} unseen half of "
+                     f"{key[0]}: its questions would count twice")
+        seen[key] = p
+    for p, d in zip(args.dumps, dumps):
+        print(f"{p}: {d['benchmark']}, {'swapped' if d['swap_halves'] else 'usual'} halves, {d['waves']} wave(s), "
+              f"{len(d['queries'])} unseen questions; serving after the last wave: {d['serving']}")
+        report(f"  {p.name}", [d])
+    by_bench: dict[str, list[dict]] = {}
+    for d in dumps:
+        by_bench.setdefault(d["benchmark"], []).append(d)
+    if len(dumps) > 1:
+        for name, ds in by_bench.items():
+            if len(ds) > 1:
+                report(f"{name}, both halves", ds)
+        if len(by_bench) > 1:
+            report("all files", dumps)
+
+
+if __name__ == "__main__":
+    main()
