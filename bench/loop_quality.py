@@ -17,6 +17,10 @@ as its negative. After the last wave, what serves is compared with the script pe
 difference, 95% bootstrap interval, questions won and lost, two-sided p), and so is each reranker pipeline
 with the embedder alone whose top gate.rerank_depth it reorders. The last line is machine-readable: serving_* is what serves after the last wave,
 script_* the script after the last wave.
+
+--swap-halves trains on the unseen half and scores the traffic half, a second measurement on disjoint
+questions; --dump writes each unseen question's figures (what serves' embedder after wave 1 and after the
+last, and the script) for bench/pool_halves.py, which pairs them over both halves and both benchmarks.
 """
 
 from __future__ import annotations
