@@ -21,11 +21,9 @@ import json
 from pathlib import Path
 
 from benchmarks import regressed_gained
+from loop_quality import print_paired, print_rows
 
 from daemon.evaluate import Scores
-from daemon.stats import paired_difference
-
-METRICS = ("hit@1", "hit@5", "hit@10", "mrr@10")
 
 
 def read(path: Path) -> dict:
@@ -48,20 +46,13 @@ def read(path: Path) -> dict:
 def report(label: str, dumps: list[dict]) -> None:
     serving = Scores([q for d in dumps for q in d["serving_after_last"]])
     script = Scores([q for d in dumps for q in d["script_after_last"]])
-    n = len(serving.per_query)
-    print(f"\n{label}: {n} unseen questions; what serves {_means(serving)}; script {_means(script)}")
-    print("  paired, what serves - the script (95% bootstrap interval; questions won/lost):")
-    for m in METRICS:
-        print(f"    {m:7s} {paired_difference(serving.column(m), script.column(m)).describe()}")
+    print(f"\n{label}: {len(serving.per_query)} unseen questions")
+    print_rows({"what serves after the last wave": serving.mean(), "one-shot script": script.mean()})
+    print_paired(serving, script, "what serves - the script")
     first = [q for d in dumps for q in d["serving_after_wave1"]]
     for m in ("hit@1", "hit@10"):
         lost, won = regressed_gained(first, serving.per_query, m)
         print(f"  at {m}, answered after wave 1 but not after the last: {lost} regressed, {won} gained")
-
-
-def _means(s: Scores) -> str:
-    mean = s.mean()
-    return " / ".join(f"{mean[m]:.3f}" for m in METRICS) + " (hit@1 / hit@5 / hit@10 / MRR@10)"
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import structlog
 from benchmarks import load, one_shot_finetune, per_query, ranked, script_rows, top_wrong
+from loop_quality import print_paired, print_rows
 
 from daemon.evaluate import Scores, corpus_embeddings, retrieve
 from daemon.models import load_embedder, packaged_minilm, pick_device
-from daemon.stats import paired_difference
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
 
@@ -87,14 +87,10 @@ def main() -> None:
         print(f"pseudo-query epoch + script trained in {time.monotonic() - t:.0f}s")
         m = load_embedder(str(both), device)
         scores["pseudo-queries, then the script"] = _unseen(m, bench, unseen)
-    print(f"\n{'model (unseen questions)':36s} {'hit@1':>6s} {'hit@3':>6s} {'hit@5':>6s} {'hit@10':>6s} {'mrr@10':>6s}")
-    for name, s in scores.items():
-        mean = s.mean()
-        print(f"{name:36s} " + " ".join(f"{mean[k]:6.3f}" for k in ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10")))
-    a, b = scores["pseudo-queries, then the script"], scores["one-shot script"]
-    print(f"paired, pseudo-queries then script - script, on {len(unseen)} unseen questions:")
-    for k in ("hit@1", "hit@5", "hit@10", "mrr@10"):
-        print(f"  {k:7s} {paired_difference(a.column(k), b.column(k)).describe()}")
+    print()
+    print_rows({name: sc.mean() for name, sc in scores.items()})
+    print_paired(scores["pseudo-queries, then the script"], scores["one-shot script"],
+                 "pseudo-queries then script - script")
     print(f"total {time.monotonic() - t0:.0f}s on {device}")
 
 

@@ -114,8 +114,7 @@ def _settled_counts(engine) -> tuple[int, int, int]:
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all three
-        return (conn.scalar(sa.text("SELECT count(*) FROM feedback_events")),
-                _folded(conn), _pending_events(conn))
+        return _events(conn), _folded(conn), _pending_events(conn)
 
 
 def _folded(conn) -> int:
@@ -124,11 +123,15 @@ def _folded(conn) -> int:
 
 def _pending_events(conn) -> int:
     return conn.scalar(sa.text(
-            'SELECT count(*) FROM feedback_events e JOIN pending_pairs p ON e.cursor_id = p.cursor_id AND '
-            'e.id BETWEEN p.first_event_id AND p.last_event_id AND e."offset" >= p.start_offset AND '
-            'e."offset" < p.end_offset'))
+        'SELECT count(*) FROM feedback_events e JOIN pending_pairs p ON e.cursor_id = p.cursor_id AND '
+        'e.id BETWEEN p.first_event_id AND p.last_event_id AND e."offset" >= p.start_offset AND '
+        'e."offset" < p.end_offset'))
+
+
+def _events(conn) -> int:
+    return conn.scalar(sa.text("SELECT count(*) FROM feedback_events"))
 
 
 def _count(engine) -> int:
     with engine.connect() as conn:
-        return conn.scalar(sa.text("SELECT count(*) FROM feedback_events"))
+        return _events(conn)
