@@ -5,7 +5,7 @@ CONFIG ?= config.toml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run status test bench-ingest setup clean
+.PHONY: run status test test-fast bench-ingest setup clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,9 +18,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # The main job: load the example corpus, then run the daemon on the examples (Ctrl-C stops it):
-# it ingests examples/feedback.jsonl, runs a retrain cycle, gates, and swaps the alias on a win.
+# it ingests bench/data/examples/feedback.jsonl, runs a retrain cycle, gates, and swaps the alias on a win.
 run: setup
-	$(VENV)/bin/ragloop -c $(CONFIG) corpus load examples/corpus.jsonl
+	$(VENV)/bin/ragloop -c $(CONFIG) corpus load bench/data/examples/corpus.jsonl
 	$(VENV)/bin/ragloop -c $(CONFIG) run
 
 status: setup
@@ -29,8 +29,12 @@ status: setup
 test: setup
 	$(PY) -m pytest
 
+# Everything but the tests marked slow (training, crash and daemon runs): a quick check while working.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
 bench-ingest: setup
-	$(PY) bench/ingest.py --events 500000
+	$(PY) -m bench.ingest --events 500000
 
 clean:
 	rm -rf $(VENV) state .pytest_cache

@@ -1,8 +1,8 @@
 """The two real FAQ benchmarks every quality figure is given on, and what the benchmarks share.
 
   examples  the Python, Debian, Zsh, Django, R and SQLite FAQs + the Python tutorial and pages of the
-            Zsh, Django, R and SQLite manuals (examples/, 1,821 chunks, 454 questions)
-  perlfaq   the Perl FAQ + 17 core manual pages (bench/perlfaq/, 1,560 chunks, 295 questions)
+            Zsh, Django, R and SQLite manuals (bench/data/examples/, 1,821 chunks, 454 questions)
+  perlfaq   the Perl FAQ + 17 core manual pages (bench/data/perlfaq/, 1,560 chunks, 295 questions)
 
 Each has corpus.jsonl, questions.jsonl (a fixed "traffic"/"unseen" half per question) and
 feedback.jsonl (production's log of the traffic half). Per-query scoring uses the gate's own code
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.corpus import text_hash
-from daemon.evaluate import Corpus, corpus_embeddings, query_metrics, retrieve
+from daemon.data import text_hash
+from daemon.models import Corpus, corpus_embeddings, query_metrics, retrieve
 
 REPO = Path(__file__).resolve().parent.parent
-DIRS = {"examples": REPO / "examples", "perlfaq": REPO / "bench" / "perlfaq"}
+DATA = REPO / "bench" / "data"
+DIRS = {"examples": DATA / "examples", "perlfaq": DATA / "perlfaq"}
 CACHE = REPO / "bench" / ".cache"
 
 
@@ -49,7 +50,7 @@ def first_cycle_store(bench: Benchmark, work: Path, train: dict | None = None):
     log, ingested and split by the gate's own rule, exactly as a first cycle sees it. ``train``: overrides of
     the settings' [train] table."""
     from daemon.config import settings_from_dict
-    from daemon.corpus import load_corpus
+    from daemon.data import load_corpus
     from daemon.gate import rebalance_heldout
     from daemon.ingest import ingest_once
     from daemon.store import open_store

@@ -1,8 +1,8 @@
 """What one cycle costs as the corpus grows: corpus encodes and wall time per stage, before and after.
 
-    python bench/cycle_cost.py [--sizes 1000 5000 20000] [--before 0ca4a92^] [--steps 10]
+    python -m bench.cycle_cost [--sizes 1000 5000 20000] [--before 0ca4a92^] [--steps 10]
 
-Corpora of short real chunks: the chunks of both FAQ benchmarks (examples/, bench/perlfaq/) cut into pieces
+Corpora of short real chunks: the chunks of both FAQ benchmarks (bench/data/examples/, bench/data/perlfaq/) cut into pieces
 of 40 words, the pieces that answer a traffic question first, then the rest, then (past the ~10,200 such
 pieces) the same texts cut 20, then 10 and 30 words later, as a sliding-window chunker would; cut to each size. Their
 traffic questions (both benchmarks) are logged as production would log them and ingested.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK = REPO / "bench" / "encode_hook"
-SOURCES = [REPO / "examples", REPO / "bench" / "perlfaq"]
+SOURCES = [REPO / "bench" / "data" / "examples", REPO / "bench" / "data" / "perlfaq"]
 STAGES = ("mining", "training", "gate", "reindex")
 WORDS = 40
 
@@ -73,7 +73,7 @@ def short_chunks() -> tuple[list[dict], list[dict]]:
 
 def write_inputs(work: Path, size: int) -> int:
     """corpus.jsonl, feedback.jsonl and the corpus' text hashes for one size; returns the chunk count."""
-    from daemon.corpus import text_hash
+    from daemon.data import text_hash
 
     pieces, questions = short_chunks()
     pieces = pieces[:size]
@@ -93,13 +93,9 @@ def write_inputs(work: Path, size: int) -> int:
 
 def worker(work: Path, variant: str, steps: int) -> None:
     """One variant's run in this process (imports whichever daemon PYTHONPATH puts first)."""
-    import daemon.cycle
     from daemon.config import settings_from_dict
-    from daemon.corpus import load_corpus
-    from daemon.cycle import run_cycle
-    from daemon.index import build_index
-    from daemon.ingest import ingest_once
-    from daemon.store import open_store
+
+    cycle_mod, load_corpus, ingest_once, build_index, run_cycle, open_store = _daemon_entry_points()
 
     train = {"device": "cpu", "embedder": {"max_steps": steps}}
     if variant != "before":
@@ -119,7 +115,7 @@ def worker(work: Path, variant: str, steps: int) -> None:
     def on_stage(text: str) -> None:  # the training child inherits "mining": its encodes are mining's
         os.environ["RAGLOOP_STAGE"] = next((v for k, v in stage_of.items() if text.startswith(k)), text)
 
-    gate, said = daemon.cycle.gate, []
+    gate, said = cycle_mod.gate, []
 
     def promoting_gate(*args, **kwargs):  # the gate's work and word, then a promotion whatever it said
         d = gate(*args, **kwargs)
@@ -127,13 +123,31 @@ def worker(work: Path, variant: str, steps: int) -> None:
         d.outcome = "promote"
         return d
 
-    daemon.cycle.gate = promoting_gate
+    cycle_mod.gate = promoting_gate
     report = run_cycle(engine, settings, kinds=("embedder",), on_stage=on_stage)
     seconds = defaultdict(float)
     for s in report.stages:
         seconds["reindex" if s["stage"] == "promote" else s["stage"]] += s["seconds"]
     (work / f"{variant}.json").write_text(json.dumps({"seconds": seconds, "first_index_s": first_index_s,
                                                       "outcome": said[0]}))
+
+
+def _daemon_entry_points():
+    """The entry points the worker drives, in the subpackage layout or, for a --before revision older than it,
+    the flat one (one module per stage directly under daemon/)."""
+    try:
+        import daemon.service.cycle as cycle_mod
+        from daemon.data import load_corpus
+        from daemon.ingest import ingest_once
+        from daemon.serve import build_index
+        from daemon.store import open_store
+    except ImportError:
+        import daemon.cycle as cycle_mod
+        from daemon.corpus import load_corpus
+        from daemon.index import build_index
+        from daemon.ingest import ingest_once
+        from daemon.store import open_store
+    return cycle_mod, load_corpus, ingest_once, build_index, cycle_mod.run_cycle, open_store
 
 
 def run_variant(work: Path, variant: str, code_root: Path, steps: int) -> dict:
@@ -166,8 +180,7 @@ def old_code(rev: str, into: Path) -> Path:
 
 def throughput(work: Path, n: int = 2000) -> dict[str, float]:
     """chunks/s of bare model.encode, and of the multi-process pool at 1 and 2 processes (started beforehand)."""
-    from daemon.encoding import encode_documents, encode_pool
-    from daemon.models import load_embedder, packaged_minilm
+    from daemon.models import encode_documents, encode_pool, load_embedder, packaged_minilm
 
     texts = [json.loads(line)["text"] for line in (work / "corpus.jsonl").read_text().splitlines()][:n]
     model = load_embedder(packaged_minilm(), "cpu")

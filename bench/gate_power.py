@@ -1,6 +1,6 @@
 """Measure the gate itself: how often it promotes a worse candidate, and how often a better one, by n.
 
-    python bench/gate_power.py [--benchmark examples perlfaq] [--draws 500]
+    python -m bench.gate_power [--benchmark examples perlfaq] [--draws 500]
 
 On each real benchmark, all FAQ questions are split in two halves twice (seeds 0, 1). Real candidates
 are trained on one half and scored per query on the other (the pool, never trained on):
@@ -11,7 +11,7 @@ are trained on one half and scored per query on the other (the pool, never train
            Gaussian noise on every weight (two levels).
 The serving model is the packaged MiniLM. Then held-out sets of n = 20, 30, 50, 100, 200 queries are drawn
 from the pool (with replacement, the pool standing for the population), and the real decision code
-(daemon.gate.decide) runs on each draw, with the drawn queries production answered (serving hit@10 = 1)
+(daemon.gate.decision.decide) runs on each draw, with the drawn queries production answered (serving hit@10 = 1)
 as its guard set, as in the daemon. Truth is the candidate's MRR@10 gain on the whole pool: "better"
 when >= +0.02, "not better" when <= 0. False promotion = promotions of a not-better candidate / draws;
 power = promotions of a better one / draws. Today's rule (hit@10, any guard drop > 0.02 vetoes,
@@ -33,11 +33,10 @@ import numpy as np
 import structlog
 import torch
 
-from benchmarks import CACHE, load, one_shot_finetune, per_query, ranked, script_rows, top_wrong
+from bench.benchmarks import CACHE, load, one_shot_finetune, per_query, ranked, script_rows, top_wrong
 from daemon.config import settings_from_dict
-from daemon.evaluate import METRICS, Scores
 from daemon.gate import decide
-from daemon.models import load_embedder, packaged_minilm
+from daemon.models import METRICS, Scores, load_embedder, packaged_minilm
 
 NS = (20, 30, 50, 100, 200)
 BETTER, NOT_BETTER = 0.02, 0.0

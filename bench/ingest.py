@@ -1,11 +1,11 @@
 """Ingest throughput: a full `ragloop` ingest into SQLite versus a bare `json.loads` of every line.
 
-    python bench/ingest.py --events 500000
+    python -m bench.ingest --events 500000
 
 Generates a realistic v1 feedback log (Zipf-distributed repeat queries, 10 retrieved ids with
 scores, ~25% misses), then times in one run (a) reading the file and `json.loads` of every line and
 (b) `ingest_once` into a fresh SQLite store with a corpus of the referenced chunk ids loaded (with the
-default settings, a log this size is read by one worker process per core, see daemon/ingest_workers.py).
+default settings, a log this size is read by one worker process per core, see daemon/ingest/workers.py).
 The last line is machine-readable.
 """
 
@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from daemon.config import settings_from_dict
-from daemon.corpus import upsert_chunks
+from daemon.data import upsert_chunks
 from daemon.ingest import ingest_once
 from daemon.store import open_store
 
@@ -88,7 +88,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="override ingest.workers (1: no parallel readers)")
     ap.add_argument("--pair-fold-lines", type=int, default=None, help="override ingest.pair_fold_lines")
     args = ap.parse_args()
-    import structlog, logging  # noqa: E401 - keep per-file log events out of the timing output
+    import logging
+
+    import structlog  # noqa: E401 - keep per-file log events out of the timing output
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory() as tmp:

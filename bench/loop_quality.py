@@ -1,12 +1,12 @@
 """Does the loop help? Unseen-question quality of what serves after `ragloop cycle`s on a real benchmark.
 
-    python bench/loop_quality.py [--benchmark examples|perlfaq] [--kinds embedder] [--waves 3] [--report r.html]
+    python -m bench.loop_quality [--benchmark examples|perlfaq] [--kinds embedder] [--waves 3] [--report r.html]
 
 The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "unseen" halves. The traffic
 arrives in --waves consecutive waves, one day each: production (the embedder serving at that moment; the
 packaged MiniLM at first) retrieves the top 10 over the whole corpus for every question of the wave and
 logs the event (hit or miss) in the v1 format; ragloop ingests the log and runs one cycle (train, gate
-against what serves, promote (with --refit, the promoted recipe's refit on all traffic so far, daemon/refit.py),
+against what serves, promote (with --refit, the promoted recipe's refit on all traffic so far, daemon/train/refit.py),
 re-index). After each wave the unseen half, which no stage ever saw, is scored for: the base embedder; what
 serves (and the candidate, when the gate kept it out, or the gated candidate a refit replaced); the reranker
 pipeline when the reranker is trained, alone and fused at its validated weight (and, with --reranker-base,
@@ -35,20 +35,16 @@ from pathlib import Path
 
 import structlog
 
-from daemon import registry
+from bench.benchmarks import DIRS, regressed_gained
 from daemon.config import settings_from_dict
-from daemon.corpus import load_corpus
-from daemon.cycle import run_cycle
-from daemon.evaluate import (Corpus, Scores, corpus_embeddings, cross_scores, fuse_rankings, fused_by_weight, retrieve,
-                             retrieve_scored, score)
-from daemon.fusion import model_weight
-from daemon.gate import load_reranker
+from daemon.data import load_corpus
+from daemon.gate import paired_difference
 from daemon.ingest import ingest_once
-from daemon.stats import paired_difference
-from daemon.models import load_embedder, packaged_minilm, pick_device
+from daemon.models import (Corpus, Scores, corpus_embeddings, cross_scores, fuse_rankings, fused_by_weight,
+                           load_embedder, load_reranker, model_weight, packaged_minilm, pick_device, registry, retrieve,
+                           retrieve_scored, score)
+from daemon.service import run_cycle
 from daemon.store import open_store
-
-from benchmarks import DIRS, regressed_gained
 
 
 def log_wave(model, key: str, corpus: Corpus, cache: Path, wave: list[dict], day: int, log_path: Path,
@@ -94,7 +90,7 @@ def main() -> None:
     ap.add_argument("--reranker-epochs", type=float, default=None, help="override train.reranker.epochs")
     ap.add_argument("--reranker-lr", type=float, default=None, help="override train.reranker.learning_rate")
     ap.add_argument("--reranker-base", default=None,
-                    help="train.reranker.base, e.g. bench/.cache/reranker-standin (bench/reranker_standin.py)")
+                    help="train.reranker.base, e.g. bench/.cache/reranker-standin (bench/experiments/reranker_standin.py)")
     ap.add_argument("--reranker-min-pairs", type=int, default=None,
                     help="override train.reranker.min_pairs (0: train the cold-start reranker whatever its pairs)")
     ap.add_argument("--max-seq-length", type=int, default=None, help="override train.<kind>.max_seq_length")
@@ -106,7 +102,7 @@ def main() -> None:
                          "so far serves (if it passes its check) instead of the candidate trained on the train split")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
-                    help="smollm2: synthetic questions for every chunk from the offline generator (bench/offline_synth.py)")
+                    help="smollm2: synthetic questions for every chunk from the offline generator (bench/experiments/offline_synth.py)")
     ap.add_argument("--synth-cache", type=Path, default=Path("bench/.cache/smollm2-questions.jsonl"),
                     help="generated answers by chunk text hash, reused across runs")
     ap.add_argument("--synthetic-share", type=float, default=None, help="override train.max_synthetic_share")
@@ -183,7 +179,7 @@ def main() -> None:
             hits_after.append(serving_pq)
             print_rows(rows)
         if args.report is not None:
-            from daemon.report import build_report
+            from daemon.observe import build_report
 
             args.report.write_text(build_report(engine), encoding="utf-8")
             print(f"report: {args.report}")
@@ -242,7 +238,7 @@ def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unsee
 
 def print_paired(a: Scores, b: Scores, label: str) -> None:
     """The paired difference a - b on the same unseen questions, with its 95% bootstrap interval, the
-    questions each side won, and the two-sided sign-flip p (daemon.stats.paired_difference)."""
+    questions each side won, and the two-sided sign-flip p (daemon.gate.significance.paired_difference)."""
     print(f"paired, {label}, on {len(a.per_query)} unseen questions (95% bootstrap interval; questions won/lost):")
     for m in ("hit@1", "hit@5", "hit@10", "mrr@10"):
         print(f"  {m:7s} {paired_difference(a.column(m), b.column(m)).describe()}")
@@ -272,9 +268,9 @@ def print_waves(per_wave, hits_after, unseen: list[dict]) -> None:
 
 def synthesize_offline(engine, settings, cache: Path) -> None:
     """Questions for every chunk from SmolLM2, stored by the real synthesis path as synthetic pairs."""
-    from offline_synth import PregeneratedClient, generate_all
+    from bench.experiments.offline_synth import PregeneratedClient, generate_all
 
-    from daemon.synth import pending_chunks, run_synthesis
+    from daemon.ingest import pending_chunks, run_synthesis
 
     todo = pending_chunks(engine, settings, 10**9)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +335,7 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
         label = "promoted" if promoted_reranker else "candidate (not promoted)"
         w = model_weight(rr["path"])
         head = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']}"
-        cross = cross_scores(load_reranker(rr["path"], settings), corpus, queries, top)
+        cross = cross_scores(load_reranker(rr["path"], settings.train.device, settings.train.trust_remote_code), corpus, queries, top)
         pipelines[f"{head} alone (no fusion)"] = score(fuse_rankings(top, None, cross, 1.0), relevant)
         pipe_row = f"{head} fused w={w} {label}"  # as the gate scored it and production applies it
         pipelines[pipe_row] = score(fuse_rankings(top, top_sims, cross, w), relevant)
@@ -352,17 +348,15 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
 def base_reranker_rows(engine, settings, corpus, queries, relevant, emb_model, emb_key, emb_ranked, sims):
     """The configured reranker base before any fine-tune, alone and fused at the weight it earns on the same
     validation queries (carved from the train split) that the fine-tuned candidate's weight is chosen on."""
-    from daemon.fit import choose_fusion
-    from daemon.validation import in_validation
-    from daemon.mining import select_pairs
+    from daemon.train import choose_fusion, in_validation, select_pairs
 
     fraction = settings.train.reranker.validation_fraction
     validation: dict[str, set[str]] = {}
     for p in select_pairs(engine, settings):  # the pairs a training job assembles from
         if in_validation(p["query"], p["origin"], fraction):
             validation.setdefault(p["query"], set()).add(p["chunk_id"])
-    model = load_reranker(settings.train.reranker.base, settings)
-    w = choose_fusion(model, emb_model, engine, {"mining_key": emb_key}, settings, validation)["weight"]
+    model = load_reranker(settings.train.reranker.base, settings.train.device, settings.train.trust_remote_code)
+    w = choose_fusion(model, emb_model, engine, emb_key, settings, validation)["weight"]
     cross = cross_scores(model, corpus, queries, emb_ranked)
     print_by_weight("the reranker base (not fine-tuned)", emb_ranked, sims, cross, relevant)
     return {"+ reranker base (not fine-tuned) alone": score(fuse_rankings(emb_ranked, None, cross, 1.0), relevant),

@@ -1,6 +1,6 @@
 """Pool `loop_quality.py --dump` files: what serves after the last wave against the script, on more questions.
 
-    python bench/pool_halves.py bench/out/ex-usual.json bench/out/ex-swapped.json \\
+    python -m bench.pool_halves bench/out/ex-usual.json bench/out/ex-swapped.json \\
                                 bench/out/perl-usual.json bench/out/perl-swapped.json
 
 One run scores a recipe on one half of a benchmark (142-231 unseen questions): a lead of one or two
@@ -20,10 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks import regressed_gained
-from loop_quality import print_paired, print_rows
-
-from daemon.evaluate import Scores
+from bench.benchmarks import regressed_gained
+from bench.loop_quality import print_paired, print_rows
+from daemon.models import Scores
 
 
 def read(path: Path) -> dict:

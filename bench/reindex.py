@@ -1,6 +1,6 @@
 """Re-index throughput: `ragloop index build` end to end versus a bare `model.encode` of the same texts.
 
-    python bench/reindex.py --chunks 2000
+    python -m bench.reindex --chunks 2000
 
 Uses the real examples corpus (repeated with suffixed ids when --chunks asks for more), the packaged
 MiniLM and the embedded Qdrant. In one run it times (a) `model.encode` of every chunk text with the
@@ -23,13 +23,12 @@ from pathlib import Path
 import structlog
 
 from daemon.config import settings_from_dict
-from daemon.corpus import upsert_chunks
-from daemon.index import build_index
+from daemon.data import upsert_chunks
 from daemon.models import load_embedder, packaged_minilm, pick_device
+from daemon.serve import build_index, open_vectors
 from daemon.store import open_store
-from daemon.vectorstore import open_vectors
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "data" / "examples"
 
 
 def corpus(n: int) -> list[dict]:

@@ -1,6 +1,6 @@
 """Synthesis throughput: chunks/s at concurrency 1 and 8 against a local Messages API server.
 
-    python bench/synth.py [--chunks 200] [--latency-ms 200]
+    python -m bench.synth [--chunks 200] [--latency-ms 200]
 
 The real anthropic SDK talks to a local HTTP server (tests/fake_anthropic.py) that answers every
 request with fixed questions after --latency-ms, standing in for the API's response time. With the
@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,14 +21,12 @@ from pathlib import Path
 import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fake_anthropic import FakeAnthropic  # noqa: E402
 
 from daemon.config import settings_from_dict  # noqa: E402
-from daemon.corpus import upsert_chunks  # noqa: E402
+from daemon.data import upsert_chunks  # noqa: E402
+from daemon.ingest import run_synthesis  # noqa: E402
 from daemon.store import open_store  # noqa: E402
-from daemon.synth import run_synthesis  # noqa: E402
+from tests.fake_anthropic import FakeAnthropic
 
 
 def run(concurrency: int, chunks: list[dict], url: str, work: Path) -> tuple[float, int]:
@@ -53,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench-not-a-real-key")
-    rows = [json.loads(line) for line in (ROOT / "examples" / "corpus.jsonl").read_text().splitlines()][: args.chunks]
+    rows = [json.loads(line) for line in (ROOT / "bench" / "data" / "examples" / "corpus.jsonl").read_text().splitlines()][: args.chunks]
     fake = FakeAnthropic(delay_s=args.latency_ms / 1000)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Training overhead: `ragloop train` versus a bare sentence-transformers trainer on the same data.
 
-    python bench/train.py --steps 20
+    python -m bench.train --steps 20
 
 Loads the examples corpus and feedback log into a fresh store, assembles the training data once (the
 same function `ragloop train` uses, so both sides see identical examples: the data hashes are
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -28,23 +28,20 @@ from pathlib import Path
 import structlog
 
 from daemon.config import settings_from_dict
-from daemon.corpus import load_corpus
+from daemon.data import load_corpus
 from daemon.ingest import ingest_once
-from daemon.mining import assemble
 from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
-from daemon.train import run_job
+from daemon.train import assemble, run_job
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "data" / "examples"
 
 
 def _precision_args(device: str) -> dict[str, bool]:
     """The precision `ragloop train` picks on this device (bf16 on CUDA where supported)."""
-    import torch
+    from daemon.train import precision_for
 
-    from daemon.fit import _precision
-
-    p = _precision(device, torch)
+    p = precision_for(device)
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
@@ -54,7 +51,7 @@ def bare_embedder(data, settings, device: str, out: Path) -> float:
     from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
                                                                           SentenceTransformerTrainingArguments)
 
-    from daemon.fit import embedder_dataset
+    from daemon.train import embedder_dataset
 
     cfg = settings.train.embedder
     model = load_embedder(packaged_minilm(), device)
@@ -76,7 +73,7 @@ def bare_reranker(data, settings, device: str, out: Path) -> float:
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    from daemon.fit import reranker_dataset
+    from daemon.train import reranker_dataset
 
     cfg = settings.train.reranker
     model = CrossEncoder(packaged_minilm(), num_labels=1, max_length=cfg.max_seq_length, device=device)
@@ -99,7 +96,7 @@ def bare_in_fresh_process(kind: str, data_path: Path, settings_path: Path, devic
 
 def _bare_worker(kind: str, data_path: str, settings_path: str, device: str, out: str) -> None:
     from daemon.config import Settings
-    from daemon.mining import TrainingData
+    from daemon.train import TrainingData
 
     data = TrainingData.from_json(json.loads(Path(data_path).read_text()))
     settings = Settings.model_validate(json.loads(Path(settings_path).read_text()))

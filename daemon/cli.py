@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from daemon.errors import RagloopError
+from daemon.errors import RagloopError, RegistryError
+from daemon.models.registry import EMBEDDER, KINDS, RERANKER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,14 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--limit", type=int, help="at most this many chunks (default: synth.batch_chunks)")
     sub.add_parser("cycle", help="one full pass: train embedder and reranker, gate, promote, re-index, manifest")
     pr = sub.add_parser("promote", help="operator override: make a version serve without the gate")
-    pr.add_argument("kind", choices=["embedder", "reranker"])
+    pr.add_argument("kind", choices=KINDS)
     pr.add_argument("version", type=int)
     pr.add_argument("--force", action="store_true", required=True, help="required: skips the gate (logged as forced)")
     rb = sub.add_parser("rollback", help="back to the previous serving model (embedder: and its collection)")
-    rb.add_argument("kind", nargs="?", default="embedder", choices=["embedder", "reranker"])
+    rb.add_argument("kind", nargs="?", default=EMBEDDER, choices=KINDS)
     sub.add_parser("models", help="model versions with their status and held-out metrics")
     ev = sub.add_parser("eval", help="score a version (default: what serves) on the held-out and guard sets")
-    ev.add_argument("kind", nargs="?", choices=["embedder", "reranker"])
+    ev.add_argument("kind", nargs="?", choices=KINDS)
     ev.add_argument("version", nargs="?", type=int)
 
     quar = sub.add_parser("quarantine", help="see and replay bad log lines").add_subparsers(dest="q_cmd", required=True)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from daemon.config import load_settings
-    from daemon.logs import configure_logging
+    from daemon.journal import configure_logging
     from daemon.store import open_store
 
     path = _config_path(args.config)
@@ -141,8 +142,8 @@ def _ingest(args, settings, engine) -> int:
 
 
 def _corpus(args, settings, engine) -> int:
-    from daemon.corpus import load_corpus
-    from daemon.index import sync_corpus_from_qdrant
+    from daemon.data import load_corpus
+    from daemon.serve import sync_corpus_from_qdrant
 
     if args.corpus_cmd == "sync":
         source = f"qdrant:{args.from_qdrant}"
@@ -157,20 +158,18 @@ def _corpus(args, settings, engine) -> int:
 
 
 def _index(args, settings, engine) -> int:
-    from daemon import index
-    from daemon.status import table
+    from daemon.observe import index_rows, table
+    from daemon.serve import build_index, rollback_index
 
     if args.index_cmd == "build":
-        r = index.build_index(engine, settings)
+        r = build_index(engine, settings)
         print(f"alias {settings.qdrant.alias} -> {r.collection} (was {r.previous}); {r.chunks} chunks "
               f"in {r.seconds:.1f}s ({r.chunks_per_s:.1f}/s); dropped {r.dropped or 'none'}")
     elif args.index_cmd == "rollback":
-        r = index.rollback_index(engine, settings)
+        r = rollback_index(engine, settings)
         print(f"alias {settings.qdrant.alias} -> {r['collection']} (was {r['previous']}); "
               f"embedder v{r['embedder_version']} serving")
     else:
-        from daemon.status import index_rows
-
         print(table(["collection", "status", "embedder", "points", "created", "swapped"], index_rows(engine)))
     return 0
 
@@ -178,12 +177,12 @@ def _index(args, settings, engine) -> int:
 def _train(args, settings, engine) -> int:
     from daemon.train import run_job
 
-    kinds = ["embedder"] if args.embedder else ["reranker"] if args.reranker else ["embedder", "reranker"]
+    kinds = [EMBEDDER] if args.embedder else [RERANKER] if args.reranker else list(KINDS)
     for kind in kinds:
         if args.max_steps is not None:
             getattr(settings.train, kind).max_steps = args.max_steps
         adapter = args.adapter or settings.train.embedder.mode == "adapter"
-        r = run_job(engine, settings, kind, mode="adapter" if adapter and kind == "embedder" else "full")
+        r = run_job(engine, settings, kind, mode="adapter" if adapter and kind == EMBEDDER else "full")
         t = r.training
         print(f"{kind} v{r.version} (candidate) at {r.path}: {t['steps']} steps on {t['device']}/{t['precision']} "
               f"from {t['base']}, {t['pairs']['total']} pairs, final loss {t['final_loss']}, {t['duration_s']:.0f}s")
@@ -191,7 +190,7 @@ def _train(args, settings, engine) -> int:
 
 
 def _report(args, settings, engine) -> int:
-    from daemon.report import build_report
+    from daemon.observe import build_report
 
     out = Path(args.output)
     page = build_report(engine, top_misses=args.top_misses)
@@ -204,15 +203,15 @@ def _report(args, settings, engine) -> int:
 
 
 def _check(args, settings, engine) -> int:
-    from daemon.service import check
+    from daemon.service import check_health
 
-    ok, why = check(engine, settings)
+    ok, why = check_health(engine, settings)
     print(why)
     return 0 if ok else 1
 
 
 def _synth(args, settings, engine) -> int:
-    from daemon.synth import run_synthesis
+    from daemon.ingest import run_synthesis
 
     r = run_synthesis(engine, settings, args.limit)
     print(f"{r.done} chunk(s) got {r.questions} questions, {r.empty} empty, {r.failed} failed, of {r.chunks}; "
@@ -221,7 +220,7 @@ def _synth(args, settings, engine) -> int:
 
 
 def _cycle(args, settings, engine) -> int:
-    from daemon.cycle import run_cycle
+    from daemon.service import run_cycle
 
     r = run_cycle(engine, settings)
     if r.skipped:
@@ -233,21 +232,15 @@ def _cycle(args, settings, engine) -> int:
 
 
 def _promote(args, settings, engine) -> int:
-    from daemon.promotion import promote
-    from daemon.store import GateDecision, utcnow, write_tx
+    from daemon.serve import force_promote
 
-    promote(engine, settings, args.kind, args.version, forced=True)
-    with write_tx(engine) as conn:  # an override is a decision too: keep it with the others
-        conn.execute(GateDecision.__table__.insert().values(
-            kind=args.kind, candidate_version=args.version, serving_version=None, outcome="forced",
-            reason="operator override: ragloop promote --force", figures={}, fixed=[], broken=[],
-            eval_pair_ids={}, created_at=utcnow()))
+    force_promote(engine, settings, args.kind, args.version)
     print(f"{args.kind} v{args.version} is serving (forced)")
     return 0
 
 
 def _rollback(args, settings, engine) -> int:
-    from daemon.promotion import rollback
+    from daemon.serve import rollback
 
     r = rollback(engine, settings, args.kind)
     print(json.dumps(r))
@@ -255,45 +248,45 @@ def _rollback(args, settings, engine) -> int:
 
 
 def _models(args, settings, engine) -> int:
-    from daemon.status import model_rows, table
+    from daemon.observe import model_rows, table
 
     print(table(["kind", "version", "status", "base", "heldout hit@1", "hit@10", "mrr@10", "created"], model_rows(engine)))
     return 0
 
 
 def _eval(args, settings, engine) -> int:
-    from daemon import registry
-    from daemon.evaluate import Evaluator, summary
-    from daemon.gate import load_reranker
-    from daemon.models import load_embedder
-    from daemon.status import table
+    from daemon.gate import Evaluator, summary
+    from daemon.models import load_embedder, load_reranker, registry
+    from daemon.observe import table
 
     emb = registry.ensure_base_embedder(engine, settings)
-    if args.kind == "embedder" and args.version is not None:
-        emb = registry.get_version(engine, "embedder", args.version)
-    rr = registry.serving(engine, "reranker")
-    if args.kind == "reranker" and args.version is not None:
-        rr = registry.get_version(engine, "reranker", args.version)
+    rr = registry.serving(engine, RERANKER)
+    if args.version is not None:
+        chosen = registry.get_version(engine, args.kind or EMBEDDER, args.version)
+        if chosen is None:
+            raise RegistryError(f"no {args.kind or EMBEDDER} version {args.version}; `ragloop models` lists the "
+                                "versions there are")
+        emb, rr = (chosen, rr) if chosen["kind"] == EMBEDDER else (emb, chosen)
     ev = Evaluator(engine, settings)
     model = load_embedder(emb["path"], settings.train.device)
     key = registry.vector_key(emb)
     rows = [[f"embedder v{emb['version']}", n, *m.values()] for n, m in summary(ev.embedder_scores(key, model)).items()]
     if rr is not None:
-        piped = summary(ev.pipeline_scores(key, model, load_reranker(rr["path"], settings)))
+        piped = summary(ev.pipeline_scores(key, model, load_reranker(rr["path"], settings.train.device, settings.train.trust_remote_code)))
         rows += [[f"+ reranker v{rr['version']}", n, *m.values()] for n, m in piped.items()]
     print(table(["model", "set", "hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "queries"], rows))
     return 0
 
 
 def _search(args, settings, engine) -> int:
-    from daemon.index import search
+    from daemon.serve import search
 
     hits = search(engine, settings, args.query, args.k)
     if args.json:
         print(json.dumps([{"rank": i + 1, "chunk_id": c, "score": round(s, 4), "doc": p.get("doc"),
                            "text": p.get("text")} for i, (c, s, p) in enumerate(hits)]))
         return 0
-    from daemon.status import table
+    from daemon.observe import table
 
     print(table(["rank", "score", "chunk", "text"],
                 [[i + 1, f"{s:.3f}", c, " ".join(str(p.get("text", "")).split())[:60]] for i, (c, s, p) in enumerate(hits)]))
@@ -301,19 +294,14 @@ def _search(args, settings, engine) -> int:
 
 
 def _quarantine(args, settings, engine) -> int:
-    import sqlalchemy as sa
-
-    from daemon.ingest import retry_quarantine
-    from daemon.status import table
-    from daemon.store import Quarantine
+    from daemon.ingest import quarantined, retry_quarantine
+    from daemon.observe import table
 
     if args.q_cmd == "retry":
         r = retry_quarantine(engine, settings, args.ids or None)
         print(f"{r['resolved']} line(s) now ingested, {r['still_bad']} still quarantined")
         return 0
-    q = Quarantine.__table__
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(q).where(q.c.resolved_at.is_(None)).order_by(q.c.id).limit(args.limit)).mappings().all()
+    rows = quarantined(engine, args.limit)
     if args.json:
         print(json.dumps([{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows]))
     else:
@@ -323,7 +311,7 @@ def _quarantine(args, settings, engine) -> int:
 
 
 def _status(args, settings, engine) -> int:
-    from daemon.status import collect_status, render_status
+    from daemon.observe import collect_status, render_status
 
     s = collect_status(engine, settings)
     print(json.dumps(s) if args.json else render_status(s))

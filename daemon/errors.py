@@ -49,6 +49,10 @@ class CorpusError(RagloopError):
         )
 
 
+class RegistryError(RagloopError):
+    """No model version fits the request: none with that number, none serving, none to roll back to."""
+
+
 class LogLineError(ValueError):
     """One feedback log line is unusable. The ingester quarantines it with this reason."""
 

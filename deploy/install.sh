@@ -26,7 +26,7 @@ install -m 0644 "$REPO/README.md" /opt/ragloop/README.md
 install -d -m 0750 -g ragloop /etc/ragloop
 if [ ! -e /etc/ragloop/config.toml ]; then
   sed -e 's|^state_dir = .*|state_dir = "/var/lib/ragloop"|' \
-      -e 's|^paths = \["examples/feedback.jsonl"\]|paths = ["/var/log/rag/feedback.jsonl*"]|' \
+      -e 's|^paths = \["bench/data/examples/feedback.jsonl"\]|paths = ["/var/log/rag/feedback.jsonl*"]|' \
       "$REPO/config.toml" > /etc/ragloop/config.toml
   chgrp ragloop /etc/ragloop/config.toml; chmod 0640 /etc/ragloop/config.toml
 fi

@@ -11,18 +11,16 @@ import sqlalchemy as sa
 import torch
 from structlog.testing import capture_logs
 
-from daemon import adapter, promotion, registry
 from daemon.config import EmbedderTrainSettings
-from daemon.cycle import run_cycle
-from daemon.evaluate import Corpus, Evaluator, cache_dir, corpus_embeddings, load_vectors
-from daemon.gate import Decision, choose_embedder, gate, record
-from daemon.index import build_index, search, serving_collection
-from daemon.mining import Example, TrainingData
-from daemon.models import load_embedder
-from daemon.status import collect_status, render_status
+from daemon.gate import Decision, Evaluator, choose_embedder, gate, record
+from daemon.models import Corpus, cache_dir, corpus_embeddings, load_embedder, load_vectors, registry
+from daemon.observe import collect_status, render_status
+from daemon.serve import build_index, promotion, search, serving_collection
+from daemon.service import run_cycle
 from daemon.store import GateDecision
+from daemon.train import Example, TrainingData, adapter
 
-from conftest import example_chunks, example_questions
+from helpers import example_chunks, example_questions
 
 TEXTS = ["How do I leave vim?", "Type :q! to quit without saving."]
 
@@ -88,10 +86,10 @@ def test_the_adapter_learns_from_cached_vectors_and_leaves_documents_alone(minil
 
 
 @pytest.fixture
-def adapter_store(store):
-    store.train.embedder.mode = "adapter"
-    store.train.embedder.adapter_epochs = 5
-    return store
+def adapter_store(ingested_settings):
+    ingested_settings.train.embedder.mode = "adapter"
+    ingested_settings.train.embedder.adapter_epochs = 5
+    return ingested_settings
 
 
 def test_an_adapter_is_gated_on_cached_vectors_promoted_and_rolled_back_without_a_reindex(adapter_store, engine):
@@ -150,11 +148,11 @@ def _decision(engine, settings, version: int, gain: float, mode: str) -> Decisio
 
 
 @pytest.mark.parametrize("adapter_gain,full_gain,winner", [(0.03, 0.035, "adapter"), (0.02, 0.04, "full")])
-def test_auto_promotes_the_full_fine_tune_only_for_min_gain_more(store, engine, adapter_gain, full_gain, winner):
-    registry.ensure_base_embedder(engine, store)
-    a = _decision(engine, store, 1, adapter_gain, "adapter")
-    f = _decision(engine, store, 2, full_gain, "full")
-    chosen = choose_embedder(engine, store, a, f)
+def test_auto_promotes_the_full_fine_tune_only_for_min_gain_more(ingested_settings, engine, adapter_gain, full_gain, winner):
+    registry.ensure_base_embedder(engine, ingested_settings)
+    a = _decision(engine, ingested_settings, 1, adapter_gain, "adapter")
+    f = _decision(engine, ingested_settings, 2, full_gain, "full")
+    chosen = choose_embedder(engine, ingested_settings, a, f)
     loser = f if winner == "adapter" else a
     assert chosen is (a if winner == "adapter" else f) and chosen.promote
     assert loser.outcome == "reject" and "gate.min_gain" in loser.reason
@@ -165,20 +163,20 @@ def test_auto_promotes_the_full_fine_tune_only_for_min_gain_more(store, engine, 
     # one side not promotable: the other wins as it is, nothing is overruled
     a.outcome = "undecided"
     f.outcome = "promote"
-    assert choose_embedder(engine, store, a, f) is f
+    assert choose_embedder(engine, ingested_settings, a, f) is f
 
 
-def test_a_cached_corpus_key_is_shared_by_a_model_and_its_adapters(store, engine):
-    build_index(engine, store)
-    assert set(load_vectors(cache_dir(store), "embedder-v0")) == set(Corpus(engine).hashes)
+def test_a_cached_corpus_key_is_shared_by_a_model_and_its_adapters(ingested_settings, engine):
+    build_index(engine, ingested_settings)
+    assert set(load_vectors(cache_dir(ingested_settings), "embedder-v0")) == set(Corpus(engine).hashes)
 
 
-def test_ragloop_train_adapter_registers_a_query_adapter(store, engine, tmp_path):
+def test_ragloop_train_adapter_registers_a_query_adapter(ingested_settings, engine, tmp_path):
     import subprocess
     import sys
 
     cfg = tmp_path / "train.toml"
-    cfg.write_text(f'state_dir = "{store.state_dir}"\n[store]\nurl = "{store.store.url}"\n[train]\ndevice = "cpu"\n'
+    cfg.write_text(f'state_dir = "{ingested_settings.state_dir}"\n[store]\nurl = "{ingested_settings.store.url}"\n[train]\ndevice = "cpu"\n'
                    '[train.embedder]\nadapter_epochs = 2\n')
     out = subprocess.run([sys.executable, "-m", "daemon.cli", "-c", str(cfg), "train", "--embedder", "--adapter"],
                          capture_output=True, text=True, timeout=300)

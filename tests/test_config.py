@@ -20,9 +20,9 @@ def test_defaults_and_relative_paths(tmp_path):
 
 def test_repo_config_documents_exactly_the_defaults():
     """config.toml lists every setting with its default value: they must not drift apart."""
-    from conftest import REPO
-
     from daemon.config import Settings
+
+    from helpers import REPO
 
     s = load_settings(REPO / "config.toml")
     skip = {"state_dir", "source", "ingest"}
@@ -35,10 +35,11 @@ def test_repo_config_names_every_setting():
     says it lists every setting, so each one must be written there."""
     import tomllib
 
-    from conftest import REPO
     from pydantic import BaseModel
 
     from daemon.config import Settings
+
+    from helpers import REPO
 
     def missing(model: type[BaseModel], table: dict, prefix: str = "") -> list[str]:
         out = []

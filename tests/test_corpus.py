@@ -3,7 +3,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from daemon.corpus import load_corpus
+from daemon.data import load_corpus
 from daemon.errors import CorpusError
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import registry
-from daemon.cycle import run_cycle
-from daemon.models import packaged_minilm
+from daemon.models import packaged_minilm, registry
+from daemon.service import run_cycle
 from daemon.store import LAST_CYCLE, get_state
 from daemon.train import cold_start_skip
 
@@ -24,12 +23,12 @@ def _status_text(settings, tmp_path: Path) -> str:
                           text=True, check=True).stdout
 
 
-def test_a_cold_start_reranker_below_min_pairs_is_not_trained_and_the_cycle_says_why(store, engine, tmp_path):
+def test_a_cold_start_reranker_below_min_pairs_is_not_trained_and_the_cycle_says_why(ingested_settings, engine, tmp_path):
     with capture_logs() as cap:
-        report = run_cycle(engine, store, kinds=(registry.RERANKER,))
-    assert 0 < report.train_pairs < store.train.reranker.min_pairs
+        report = run_cycle(engine, ingested_settings, kinds=(registry.RERANKER,))
+    assert 0 < report.train_pairs < ingested_settings.train.reranker.min_pairs
     assert report.decisions == [] and registry.serving(engine, registry.RERANKER) is None
-    assert not (store.models_dir / "reranker").exists()  # no child ran, nothing registered
+    assert not (ingested_settings.models_dir / "reranker").exists()  # no child ran, nothing registered
     (skip,) = report.not_trained
     assert skip["kind"] == "reranker"
     assert f"{report.train_pairs} train pairs < train.reranker.min_pairs 10000" in skip["reason"]
@@ -37,38 +36,38 @@ def test_a_cold_start_reranker_below_min_pairs_is_not_trained_and_the_cycle_says
     event = next(e for e in cap if e["event"] == "train.skipped")
     assert event["kind"] == "reranker" and event["train_pairs"] == report.train_pairs
     assert get_state(engine, LAST_CYCLE)["not_trained"] == report.not_trained
-    assert f"reranker: cold-start reranker not trained: {report.train_pairs} train pairs" in _status_text(store, tmp_path)
+    assert f"reranker: cold-start reranker not trained: {report.train_pairs} train pairs" in _status_text(ingested_settings, tmp_path)
 
 
-def test_what_makes_a_reranker_worth_training(store, engine, tmp_path):
+def test_what_makes_a_reranker_worth_training(ingested_settings, engine, tmp_path):
     n = 500
-    assert "500 train pairs < train.reranker.min_pairs 10000" in cold_start_skip(engine, store, "reranker", n)
-    assert cold_start_skip(engine, store, "embedder", n) is None  # the embedder always has a pretrained base
-    store.train.reranker.min_pairs = n
-    assert cold_start_skip(engine, store, "reranker", n) is None  # enough pairs
-    store.train.reranker.min_pairs = 10_000
-    store.train.reranker.base = str(tmp_path / "some-cross-encoder")
-    assert cold_start_skip(engine, store, "reranker", n) is None  # a pretrained base trains from the first cycle
-    store.train.reranker.base = ""
+    assert "500 train pairs < train.reranker.min_pairs 10000" in cold_start_skip(engine, ingested_settings, "reranker", n)
+    assert cold_start_skip(engine, ingested_settings, "embedder", n) is None  # the embedder always has a pretrained base
+    ingested_settings.train.reranker.min_pairs = n
+    assert cold_start_skip(engine, ingested_settings, "reranker", n) is None  # enough pairs
+    ingested_settings.train.reranker.min_pairs = 10_000
+    ingested_settings.train.reranker.base = str(tmp_path / "some-cross-encoder")
+    assert cold_start_skip(engine, ingested_settings, "reranker", n) is None  # a pretrained base trains from the first cycle
+    ingested_settings.train.reranker.base = ""
     registry.register(engine, "reranker", packaged_minilm(), status="serving")
-    assert cold_start_skip(engine, store, "reranker", n) is None  # a serving reranker is continued, not cold
-    store.train.reranker.start_from = "base"
-    assert cold_start_skip(engine, store, "reranker", n) is not None  # ...unless it restarts cold
+    assert cold_start_skip(engine, ingested_settings, "reranker", n) is None  # a serving reranker is continued, not cold
+    ingested_settings.train.reranker.start_from = "base"
+    assert cold_start_skip(engine, ingested_settings, "reranker", n) is not None  # ...unless it restarts cold
 
 
 @pytest.mark.slow
-def test_a_configured_reranker_base_trains_and_is_gated_in_the_first_cycle(store, engine, tmp_path):
+def test_a_configured_reranker_base_trains_and_is_gated_in_the_first_cycle(ingested_settings, engine, tmp_path):
     from sentence_transformers.cross_encoder import CrossEncoder
 
     base = tmp_path / "pretrained-reranker"
     CrossEncoder(packaged_minilm(), num_labels=1, device="cpu").save_pretrained(str(base))
-    store.train.reranker.base = str(base)
-    store.train.reranker.start_from = "base"
-    store.gate.rerank_depth = 10
-    report = run_cycle(engine, store, kinds=(registry.RERANKER,))
+    ingested_settings.train.reranker.base = str(base)
+    ingested_settings.train.reranker.start_from = "base"
+    ingested_settings.gate.rerank_depth = 10
+    report = run_cycle(engine, ingested_settings, kinds=(registry.RERANKER,))
     assert report.not_trained == []
     (d,) = report.decisions
     assert d["kind"] == "reranker" and d["version"] == 1 and d["outcome"] in ("promote", "reject", "undecided")
-    training = json.loads((store.models_dir / "reranker" / "v1" / "training.json").read_text())
+    training = json.loads((ingested_settings.models_dir / "reranker" / "v1" / "training.json").read_text())
     assert training["steps"] == 2
     assert registry.get_version(engine, "reranker", 1)["base"] == str(base)

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from conftest import example_chunks
-from daemon.encoding import encode_documents, encode_pool, encode_queries
-from daemon.evaluate import cache_dir, load_vectors
-from daemon.index import build_index
+from daemon.models import cache_dir, encode_documents, encode_pool, encode_queries, load_vectors
+from daemon.serve import build_index
+
+from helpers import example_chunks
 
 
 def test_one_device_or_none_encodes_in_process(minilm):
@@ -36,7 +36,7 @@ def test_two_cpu_processes_encode_what_one_process_does(minilm):
 
 @pytest.mark.slow
 def test_the_index_builds_over_two_processes(settings, engine, minilm):
-    from daemon.corpus import upsert_chunks
+    from daemon.data import upsert_chunks
 
     chunks = example_chunks(60)
     upsert_chunks(engine, [{**c, "metadata": None} for c in chunks], mark_missing_removed=False)
@@ -44,7 +44,7 @@ def test_the_index_builds_over_two_processes(settings, engine, minilm):
     report = build_index(engine, settings, model=minilm)
     assert report.encoded == 60 and report.chunks == 60
     cached = load_vectors(cache_dir(settings), "embedder-v0")
-    from daemon.corpus import text_hash
+    from daemon.data import text_hash
 
     ours = np.stack([cached[text_hash(c["text"])] for c in chunks])
     np.testing.assert_allclose(ours, encode_documents(minilm, [c["text"] for c in chunks]), atol=1e-5)

@@ -2,9 +2,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import small_feedback_store
 
-from daemon.evaluate import Corpus, Evaluator, corpus_embeddings, eval_sets, query_metrics
+from daemon.gate import Evaluator, eval_sets
+from daemon.models import Corpus, corpus_embeddings, query_metrics
+
+from helpers import small_feedback_store
 
 
 def test_query_metrics_by_hand():
@@ -58,7 +60,7 @@ def test_base_model_scores_are_high_on_faq_titles(settings, engine, tmp_path, mi
 def _add_synthetic(engine, questions: list[str], chunk_id: str) -> None:
     from datetime import datetime, timezone
 
-    from daemon.pairs import PairBatch, QueryKeys
+    from daemon.data import PairBatch, QueryKeys
     from daemon.store import write_tx
 
     batch = PairBatch(QueryKeys(0.2))

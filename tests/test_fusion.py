@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import REPO
 
-from daemon import promotion
-from daemon.evaluate import Corpus, corpus_embeddings, rerank, retrieve_scored
-from daemon.fusion import WEIGHTS, choose_weight, fused_order, minmax, model_weight
-from daemon.gate import gate, load_reranker
-from daemon.index import build_index
+from daemon.gate import gate
+from daemon.models import (WEIGHTS, Corpus, choose_weight, corpus_embeddings, fused_order, load_reranker, minmax,
+                           model_weight, rerank, retrieve_scored)
+from daemon.serve import build_index, promotion
 from daemon.train import run_job
+
+from helpers import REPO
 
 
 def test_weight_zero_is_the_first_stage_and_one_the_reranker_alone():
@@ -40,11 +40,11 @@ def _readme_snippet() -> str:
 
 
 @pytest.mark.slow
-def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_readme_does(store, engine, minilm,
+def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_readme_does(ingested_settings, engine, minilm,
                                                                                            monkeypatch):
-    build_index(engine, store, model=minilm)
-    store.train.reranker.min_validation = 3
-    job = run_job(engine, store, "reranker")
+    build_index(engine, ingested_settings, model=minilm)
+    ingested_settings.train.reranker.min_validation = 3
+    job = run_job(engine, ingested_settings, "reranker")
     training_json = Path(job.path) / "training.json"
     training = json.loads(training_json.read_text())
     fusion = training["fusion"]
@@ -58,19 +58,19 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     assert not trained & heldout
     assert model_weight(job.path) == fusion["weight"]
 
-    d = gate(engine, store, "reranker", job.version)
+    d = gate(engine, ingested_settings, "reranker", job.version)
     assert d.outcome in ("promote", "reject", "undecided") and d.figures["candidate"]["heldout"]["queries"] >= 3
-    promotion.promote(engine, store, "reranker", job.version, forced=True)
-    manifest = json.loads(store.manifest_path.read_text())
+    promotion.promote(engine, ingested_settings, "reranker", job.version, forced=True)
+    manifest = json.loads(ingested_settings.manifest_path.read_text())
     assert manifest["reranker"]["fusion_weight"] == fusion["weight"]
 
     # A weight strictly between the ends, so the check exercises the fusion itself, not one of its ends.
     w = 0.4
     training["fusion"]["weight"] = w
     training_json.write_text(json.dumps(training))
-    store.gate.rerank_depth = 20  # the manifest carries the depth the gate reranks at; production reads it
-    promotion.promote(engine, store, "reranker", job.version, forced=True)
-    monkeypatch.setenv("RAGLOOP_MANIFEST", str(store.manifest_path))
+    ingested_settings.gate.rerank_depth = 20  # the manifest carries the depth the gate reranks at; production reads it
+    promotion.promote(engine, ingested_settings, "reranker", job.version, forced=True)
+    monkeypatch.setenv("RAGLOOP_MANIFEST", str(ingested_settings.manifest_path))
     prod: dict = {}
     exec(compile(_readme_snippet(), "README fusion snippet", "exec"), prod)
     assert prod["weight"] == w and prod["depth"] == 20
@@ -79,7 +79,7 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     emb = corpus_embeddings(minilm, corpus, None, "test")
     qs = sorted(heldout)[:5]
     cands, sims = retrieve_scored(minilm, corpus, emb, qs, 20)
-    gate_ranked = rerank(load_reranker(job.path, store), corpus, qs, cands, first=sims, weight=w)
+    gate_ranked = rerank(load_reranker(job.path, ingested_settings.train.device, ingested_settings.train.trust_remote_code), corpus, qs, cands, first=sims, weight=w)
     for q, c, s, g in zip(qs, cands, sims, gate_ranked):
         assert prod["rank"](q, [(cid, corpus.text_of[cid], float(x)) for cid, x in zip(c, s)]) == g
     # and end to end through the real embedded Qdrant collection the alias points at

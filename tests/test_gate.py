@@ -3,20 +3,19 @@ import json
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import make_settings, small_feedback_store
 from qdrant_client import QdrantClient
 from structlog.testing import capture_logs
 
-from daemon import promotion, registry
 from daemon.cli import main
-from daemon.evaluate import Scores, query_metrics
-from daemon.gate import decide, gate, rebalance_heldout
-from daemon.index import build_index
-from daemon.pairs import split_position
-from daemon.stats import queries_needed, sign_flip_test
-from daemon.status import collect_status, render_status
+from daemon.data import split_position
+from daemon.gate import decide, gate, queries_needed, rebalance_heldout, sign_flip_test
+from daemon.models import Scores, query_metrics, registry
+from daemon.observe import collect_status, render_status
+from daemon.serve import build_index, promotion
 from daemon.store import open_store
 from daemon.train import run_job
+
+from helpers import make_settings, small_feedback_store
 
 
 def _alias(settings):
@@ -86,10 +85,10 @@ def test_sign_flip_test_is_exact_when_small_and_seeded_when_large():
     assert queries_needed(0.05, 0.3, 0.05) == 223 and queries_needed(-0.01, 0.3, 0.05) is None
 
 
-def test_damaged_candidate_is_rejected_with_figures(store, engine, damaged_minilm):
+def test_damaged_candidate_is_rejected_with_figures(ingested_settings, engine, damaged_minilm):
     v = registry.register(engine, "embedder", damaged_minilm, base="embedder v0")
     with capture_logs() as cap:
-        d = gate(engine, store, "embedder", v)
+        d = gate(engine, ingested_settings, "embedder", v)
     assert d.outcome == "reject" and ("guard" in d.reason or "gain" in d.reason), d.reason
     cand, serv = d.figures["candidate"]["heldout"], d.figures["serving"]["heldout"]
     assert cand["hit@10"] < serv["hit@10"] - 0.3 and d.figures["gain"] < 0
@@ -101,28 +100,28 @@ def test_damaged_candidate_is_rejected_with_figures(store, engine, damaged_minil
         row = conn.execute(sa.text("SELECT outcome, figures, eval_pair_ids FROM gate_decisions")).one()
     figures = row.figures if isinstance(row.figures, dict) else json.loads(row.figures)
     assert row.outcome == "reject" and figures["gain"] < 0 and figures["test"]["p_value"] > 0.5
-    shown = collect_status(engine, store)["decisions"][0]["heldout"]  # what `ragloop status` prints
+    shown = collect_status(engine, ingested_settings)["decisions"][0]["heldout"]  # what `ragloop status` prints
     assert shown["candidate"]["hit@10"] == cand["hit@10"] and shown["serving"]["mrr@10"] == serv["mrr@10"]
-    assert f"hit@10 {serv['hit@10']:.3f}->{cand['hit@10']:.3f}" in render_status(collect_status(engine, store))
+    assert f"hit@10 {serv['hit@10']:.3f}->{cand['hit@10']:.3f}" in render_status(collect_status(engine, ingested_settings))
 
 
 @pytest.mark.slow
-def test_candidate_trained_on_heldout_queries_is_refused(store, engine):
+def test_candidate_trained_on_heldout_queries_is_refused(ingested_settings, engine):
     with engine.begin() as conn:  # leak on purpose: train on the held-out split, then restore it
         heldout = [i for (i,) in conn.execute(sa.text("SELECT id FROM training_pairs WHERE split = 'heldout'"))]
         conn.execute(sa.text("UPDATE training_pairs SET split = 'train' WHERE split = 'heldout'"))
-    job = run_job(engine, store, "embedder")
+    job = run_job(engine, ingested_settings, "embedder")
     with engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE training_pairs SET split = 'heldout' WHERE id IN ({','.join(map(str, heldout))})"))
-    d = gate(engine, store, "embedder", job.version)
+    d = gate(engine, ingested_settings, "embedder", job.version)
     assert d.outcome == "refuse" and "leak" in d.reason
     assert len(d.figures["leaked"]) == len({q for q in d.figures["leaked"]}) > 0
 
 
-def test_too_small_heldout_set_is_undecided(store, engine, finetuned_minilm):
-    store.gate.min_heldout = 10_000
+def test_too_small_heldout_set_is_undecided(ingested_settings, engine, finetuned_minilm):
+    ingested_settings.gate.min_heldout = 10_000
     v = registry.register(engine, "embedder", finetuned_minilm)
-    d = gate(engine, store, "embedder", v)
+    d = gate(engine, ingested_settings, "embedder", v)
     assert d.outcome == "undecided" and "gate.min_heldout is 10000" in d.reason
     assert registry.get_version(engine, "embedder", v)["status"] == "candidate"
 
@@ -155,18 +154,18 @@ def test_good_candidate_on_a_planted_case_is_promoted_and_rollback_restores(tmp_
 
 
 @pytest.mark.slow
-def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(store, engine, minilm):
-    build_index(engine, store, model=minilm)
-    job = run_job(engine, store, "reranker")
-    d = gate(engine, store, "reranker", job.version)
+def test_reranker_is_gated_against_no_reranker_and_promotes_without_reindex(ingested_settings, engine, minilm):
+    build_index(engine, ingested_settings, model=minilm)
+    job = run_job(engine, ingested_settings, "reranker")
+    d = gate(engine, ingested_settings, "reranker", job.version)
     assert d.serving is None and d.outcome in ("promote", "reject")
     assert "ndcg@10" in d.figures["metric"] and d.figures["serving"]["heldout"]["queries"] >= 3
-    promotion.promote(engine, store, "reranker", job.version, forced=True)
-    manifest = json.loads(store.manifest_path.read_text())
+    promotion.promote(engine, ingested_settings, "reranker", job.version, forced=True)
+    manifest = json.loads(ingested_settings.manifest_path.read_text())
     assert manifest["reranker"]["version"] == job.version and manifest["collection"] == "chunks__v1"
-    assert _alias(store) == "chunks__v1"  # no re-index for a reranker
-    assert promotion.rollback(engine, store, "reranker") == {"kind": "reranker", "from": job.version, "to": None}
-    assert json.loads(store.manifest_path.read_text())["reranker"] is None
+    assert _alias(ingested_settings) == "chunks__v1"  # no re-index for a reranker
+    assert promotion.rollback(engine, ingested_settings, "reranker") == {"kind": "reranker", "from": job.version, "to": None}
+    assert json.loads(ingested_settings.manifest_path.read_text())["reranker"] is None
 
 
 def test_heldout_share_is_larger_while_traffic_is_small_and_only_ever_returns_queries_to_train(settings, engine,
@@ -204,10 +203,10 @@ def test_heldout_share_is_larger_while_traffic_is_small_and_only_ever_returns_qu
 def examples_store(tmp_path_factory):
     """The examples as production logged them (1,821 chunks, 223 traffic questions), ingested and split as a
     first cycle splits them, with the packaged MiniLM serving. SQLite: this is about the decision."""
-    from conftest import EXAMPLES
-
-    from daemon.corpus import load_corpus
+    from daemon.data import load_corpus
     from daemon.ingest import ingest_once
+
+    from helpers import EXAMPLES
 
     tmp = tmp_path_factory.mktemp("examples")
     settings = make_settings(tmp, f"sqlite:///{tmp / 'state' / 'ragloop.db'}", train={"device": "cpu"},

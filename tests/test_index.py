@@ -8,19 +8,19 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import example_chunks, make_settings
 from qdrant_client import QdrantClient
 from structlog.testing import capture_logs
 
-from daemon import registry
 from daemon.cli import main
-from daemon.corpus import upsert_chunks
+from daemon.data import upsert_chunks
 from daemon.errors import CorpusError, LockedError, StartupError
-from daemon.index import IndexError_, build_index, rollback_index, search, sync_corpus_from_qdrant
-from daemon.serving import publish
-from daemon.status import collect_status
+from daemon.models import registry
+from daemon.observe import collect_status
+from daemon.serve import (IndexBuildError, build_index, open_vectors, publish, rollback_index, search,
+                          sync_corpus_from_qdrant)
 from daemon.store import open_store
-from daemon.vectorstore import open_vectors
+
+from helpers import example_chunks, make_settings
 
 N = 40
 
@@ -74,13 +74,13 @@ def test_keep_versions_drops_only_old_collections_after_the_swap(settings, engin
     with open_vectors(settings) as vs:
         assert [n for _, n in vs.versions()] == ["chunks__v2", "chunks__v3"]
         assert vs.alias_target() == "chunks__v3"
-    with pytest.raises(IndexError_, match="no previous collection"):
+    with pytest.raises(IndexBuildError, match="no previous collection"):
         rollback_index(engine, settings)
         rollback_index(engine, settings)
 
 
 def test_empty_corpus_is_a_clear_error(settings, engine, minilm):
-    with pytest.raises(IndexError_, match="corpus is empty"):
+    with pytest.raises(IndexBuildError, match="corpus is empty"):
         build_index(engine, settings, model=minilm)
 
 
@@ -215,7 +215,7 @@ class _Counting:
 
 
 def test_a_model_version_embeds_each_chunk_text_once_across_index_and_gate(settings, engine, corpus, minilm):
-    from daemon.evaluate import Corpus, cache_dir, corpus_embeddings
+    from daemon.models import Corpus, cache_dir, corpus_embeddings
 
     counting = _Counting(minilm)
     r1 = build_index(engine, settings, model=counting)

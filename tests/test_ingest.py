@@ -8,12 +8,13 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, stored_request_ids, write_corpus
 from structlog.testing import capture_logs
 
-import daemon.ingest as ingest_mod
+import daemon.ingest.reader as ingest_reader
 from daemon.ingest import ingest_once, retry_quarantine
-from daemon.status import collect_status
+from daemon.observe import collect_status
+
+from helpers import event_line, stored_request_ids, write_corpus
 
 IDS = [f"c{i}" for i in range(100)]
 
@@ -201,7 +202,7 @@ def _malformed(rng: random.Random, i: int) -> str:
 @pytest.mark.parametrize("parallel", [False, True], ids=["inline", "workers"])
 def test_fuzz_10k_malformed_lines(settings, engine, corpus, logs, monkeypatch, parallel):
     if parallel:
-        monkeypatch.setattr(ingest_mod, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(ingest_reader, "PARALLEL_MIN_BYTES", 0)
     rng = random.Random(20261121)
     lines, good_ids, bad_line_nos = [], [], []
     for i in range(16000):

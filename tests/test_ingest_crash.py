@@ -9,9 +9,10 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, ingest_config, write_corpus
 
 from daemon.store import open_store
+
+from helpers import event_line, ingest_config, write_corpus
 
 KILLS = 20
 

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, ingest_config, stored_request_ids, write_corpus
 from structlog.testing import capture_logs
 
-import daemon.ingest as ingest_mod
-from daemon.ingest import ingest_once
-from daemon.ingest_workers import PositionalReader
+import daemon.ingest.reader as ingest_reader
+from daemon.ingest import PositionalReader, ingest_once
+
+from helpers import event_line, ingest_config, stored_request_ids, write_corpus
 
 IDS = [f"c{i}" for i in range(100)]
 
@@ -24,7 +24,7 @@ IDS = [f"c{i}" for i in range(100)]
 @pytest.fixture
 def parallel(settings, engine, monkeypatch, tmp_path):
     """Every file takes the worker path, with three workers (an odd count, whatever the cores)."""
-    monkeypatch.setattr(ingest_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ingest_reader, "PARALLEL_MIN_BYTES", 0)
     settings.ingest.workers = 3
     settings.ingest.batch_lines = 97
     write_corpus(engine, IDS)
@@ -148,7 +148,7 @@ def test_a_killed_worker_fails_the_file_not_the_pass_and_loses_nothing(settings,
 
 def test_a_stuck_worker_is_killed_and_its_file_read_again_next_pass(settings, engine, parallel, monkeypatch):
     """A worker that stops reporting (here SIGSTOP; in the wild, a lock copied by fork) cannot stall the pass."""
-    import daemon.ingest_workers as workers_mod
+    import daemon.ingest.workers as workers_mod
 
     monkeypatch.setattr(workers_mod, "STALL_S", 2.0)
     t, result, cap = _signal_a_worker_mid_pass(settings, engine, parallel, signal.SIGSTOP)

@@ -5,13 +5,12 @@ from importlib import resources
 import jsonschema
 import pytest
 
+from daemon.data import Limits, logline, parse_event
 from daemon.errors import LogLineError
-from daemon import logline
-from daemon.logline import Limits, parse_event
 
 LIM = Limits(k=10, max_query_chars=200, max_ids=20, known_ids={"a", "b", "c", "d"})
 GOOD = {"ts": "2026-11-21T10:00:00Z", "query": "how?", "expected_ids": ["a"], "retrieved_ids": ["b", "a"]}
-SCHEMA = json.loads(resources.files("daemon").joinpath("schemas/feedback-v1.schema.json").read_text())
+SCHEMA = json.loads(resources.files("daemon.data").joinpath("schemas/feedback-v1.schema.json").read_text())
 
 
 def test_hit_miss_and_rank():

@@ -2,8 +2,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from daemon.logline import Event
-from daemon.pairs import PairBatch, QueryKeys, normalize_query, split_for, split_key
+from daemon.data import Event, PairBatch, QueryKeys, normalize_query, split_for, split_key
 
 
 def test_normalize_and_near_duplicates_share_a_split():

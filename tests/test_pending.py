@@ -1,4 +1,4 @@
-"""Pairs merged over many batches (daemon/pending.py): the same pairs as batch by batch, exactly once
+"""Pairs merged over many batches (daemon/ingest/pending.py): the same pairs as batch by batch, exactly once
 through a reader that dies, is stopped, or whose pending batches another process folds first."""
 
 import os
@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy as sa
-from conftest import event_line, write_corpus
 
-import daemon.ingest as ingest_mod
-from daemon import pending
-from daemon.ingest import ingest_once
-from daemon.pairs import QueryKeys
+import daemon.ingest.reader as ingest_reader
+from daemon.data import QueryKeys, known_chunk_ids
+from daemon.ingest import Committer, ReadSpec, batches, claim_cursor, fingerprint, ingest_once, limits_from, pending
+
+from helpers import event_line, write_corpus
 
 IDS = [f"c{i}" for i in range(100)]
 PAIR_FIELDS = ("query", "query_norm", "chunk_id", "hard_negative_ids", "count", "miss_count", "hit_count",
@@ -67,8 +67,9 @@ def log(settings, engine, tmp_path):
 
 def reference_pairs(tmp_path, log) -> list[tuple]:
     """The pairs of the same log read as one batch, one fold: what any windowing must give."""
-    from conftest import make_settings
     from daemon.store import open_store
+
+    from helpers import make_settings
 
     url = f"sqlite:///{tmp_path / 'reference.db'}"
     settings = make_settings(tmp_path, url, ingest={"paths": [str(log)], "batch_lines": 100_000, "workers": 1})
@@ -83,7 +84,7 @@ def reference_pairs(tmp_path, log) -> list[tuple]:
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_small_windows_give_the_pairs_of_one_big_batch(settings, engine, log, tmp_path, monkeypatch, workers):
-    monkeypatch.setattr(ingest_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ingest_reader, "PARALLEL_MIN_BYTES", 0)
     settings.ingest.batch_lines, settings.ingest.pair_fold_lines, settings.ingest.workers = 37, 120, workers
     assert ingest_once(engine, settings).events == 1500
     assert pending_count(engine) == 0
@@ -93,19 +94,13 @@ def test_small_windows_give_the_pairs_of_one_big_batch(settings, engine, log, tm
 @contextmanager
 def reader(settings, engine, path, keys: QueryKeys):
     """A reader of ``path`` driven by hand: yields (its batches, commit) as ingest_once would use them."""
-    from daemon.corpus import known_chunk_ids
-
     with engine.connect() as conn:
-        limits = ingest_mod.limits_from(settings, known_chunk_ids(conn))
+        limits = limits_from(settings, known_chunk_ids(conn))
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
-        cursor = ingest_mod._claim_cursor(engine, ingest_mod._fingerprint(fh), str(path), st, False)
+        cursor = claim_cursor(engine, fingerprint(fh), str(path), st, False)
         fh.seek(0)
-        s = settings.ingest
-        spec = ingest_mod._ReadSpec(str(path), cursor["id"], limits, s.batch_lines, s.max_line_bytes,
-                                    s.quarantine_raw_chars, keys, s.pair_fold_lines)
-        w = ingest_mod._Writer(ingest_mod._insert_events_sql(engine.dialect), ingest_mod._count_sql(engine.dialect))
-        yield ingest_mod._batches(fh, 0, 0, spec), lambda p: ingest_mod._commit(engine, w, cursor, p, st.st_size)
+        yield batches(fh, 0, 0, ReadSpec.of(settings, cursor, limits, keys)), Committer(engine, cursor, st.st_size)
 
 
 def _commit_without_folding(settings, engine, path, batches: int) -> None:
@@ -122,7 +117,7 @@ def test_pending_batches_of_a_dead_reader_are_recovered_once(settings, engine, l
     settings.ingest.batch_lines, settings.ingest.pair_fold_lines = 100, 10_000
     _commit_without_folding(settings, engine, log, batches=6)
     assert pending_count(engine) == 6 and pairs(engine) == []
-    from daemon.status import collect_status, render_status
+    from daemon.observe import collect_status, render_status
 
     status = collect_status(engine)
     assert status["pairs_pending"] == {"batches": 6, "events": 600}
@@ -158,14 +153,14 @@ def test_a_stopped_pass_leaves_no_pair_pending(settings, engine, log, tmp_path, 
     stop.set()  # after the first batch
     assert ingest_once(engine, settings, stop=stop).lines == 0  # set before the pass: nothing read
     stop.clear()
-    original = ingest_mod._commit
+    original = Committer.__call__
 
     def commit_then_stop(*a, **k):
         out = original(*a, **k)
         stop.set()
         return out
 
-    monkeypatch.setattr(ingest_mod, "_commit", commit_then_stop)  # the real commit; then a shutdown arrives
+    monkeypatch.setattr(Committer, "__call__", commit_then_stop)  # the real commit; then a shutdown arrives
     first = ingest_once(engine, settings, stop=stop)
     monkeypatch.undo()
     assert first.lines == 100 and pending_count(engine) == 0  # the pass's end folded the stopped window

@@ -7,13 +7,12 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from daemon import registry
-from daemon.cycle import run_cycle
-from daemon.evaluate import Scores, eval_sets, query_metrics
-from daemon.gate import leaked_pairs, retire_heldout
-from daemon.refit import check
-from daemon.status import collect_status, render_status
+from daemon.gate import eval_sets, leaked_pairs, retire_heldout
+from daemon.models import Scores, query_metrics, registry
+from daemon.observe import collect_status, render_status
+from daemon.service import run_cycle
 from daemon.store import GateDecision, TrainingPair
+from daemon.train import check_refit
 
 pairs_t = TrainingPair.__table__
 
@@ -27,7 +26,7 @@ def _scores(ranks: list[int]) -> Scores:
 def _check(refit_held, gated_held, refit_guard, gated_guard, settings):
     gated = {"heldout": _scores(gated_held), "guard": _scores(gated_guard)}
     refitted = {"heldout": _scores(refit_held), "guard": _scores(refit_guard)}
-    return check(gated, refitted, settings)
+    return check_refit(gated, refitted, settings)
 
 
 def test_the_refit_check_passes_a_sound_refit_and_catches_a_broken_one(settings):
@@ -47,20 +46,20 @@ def _heldout_pair_ids(engine) -> set[int]:
         return set(conn.scalars(sa.select(pairs_t.c.id).where(pairs_t.c.split == "heldout")))
 
 
-def _planted(store, engine, damaged_minilm, refit: bool):
+def _planted(ingested_settings, engine, damaged_minilm, refit: bool):
     """Production serves a broken embedder (v0); a 2-step fine-tune of the packaged MiniLM must beat it."""
     registry.register(engine, registry.EMBEDDER, damaged_minilm, version=0, status="serving")
-    store.train.embedder.start_from = "base"
-    store.train.embedder.refit = refit
-    store.qdrant.verify_sample = 5
-    return run_cycle(engine, store, kinds=(registry.EMBEDDER,))
+    ingested_settings.train.embedder.start_from = "base"
+    ingested_settings.train.embedder.refit = refit
+    ingested_settings.qdrant.verify_sample = 5
+    return run_cycle(engine, ingested_settings, kinds=(registry.EMBEDDER,))
 
 
 @pytest.mark.slow
-def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_retire(store, engine, damaged_minilm):
+def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_retire(ingested_settings, engine, damaged_minilm):
     heldout = _heldout_pair_ids(engine)
     assert len(heldout) >= 3
-    report = _planted(store, engine, damaged_minilm, refit=True)
+    report = _planted(ingested_settings, engine, damaged_minilm, refit=True)
     gated, refitted = report.decisions
     assert (gated["mode"], gated["version"], gated["outcome"]) == ("full", 1, "promote")
     assert (refitted["mode"], refitted["version"]) == ("refit", 2)
@@ -70,7 +69,7 @@ def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_ret
     assert registry.get_version(engine, registry.EMBEDDER, 1)["status"] == "refitted"
     # the refit learned from the held-out queries as well as the train split, and says so
     row = registry.get_version(engine, registry.EMBEDDER, 2)
-    training = json.loads((store.models_dir / "embedder" / "v2" / "training.json").read_text())
+    training = json.loads((ingested_settings.models_dir / "embedder" / "v2" / "training.json").read_text())
     assert training["refit_of"] == 1 and training["pairs"]["splits"] == ["train", "heldout"]
     assert heldout <= set(row["lineage"]["pair_ids"]) and row["lineage"]["refit_of"] == 1
     assert not heldout & set(registry.get_version(engine, registry.EMBEDDER, 1)["lineage"]["pair_ids"])
@@ -80,7 +79,7 @@ def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_ret
     assert retire_heldout(engine) == 0  # nothing left to retire
     retired = report.heldout["pairs_retired"]
     assert 0 < retired <= len(heldout) and report.heldout["heldout_queries"] == 0
-    text = render_status(collect_status(engine, store))
+    text = render_status(collect_status(engine, ingested_settings))
     assert f"{retired} pairs retired to train: the serving refit learned from them" in text
     assert "refit of v1 on" in text
     assert [s["stage"] for s in report.stages].count("refit") == 1
@@ -92,9 +91,9 @@ def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_ret
 
 
 @pytest.mark.slow
-def test_without_refit_the_gated_candidate_serves_and_the_heldout_set_stays(store, engine, damaged_minilm):
+def test_without_refit_the_gated_candidate_serves_and_the_heldout_set_stays(ingested_settings, engine, damaged_minilm):
     heldout = _heldout_pair_ids(engine)
-    report = _planted(store, engine, damaged_minilm, refit=False)
+    report = _planted(ingested_settings, engine, damaged_minilm, refit=False)
     (gated,) = report.decisions
     assert gated["outcome"] == "promote" and registry.serving(engine, registry.EMBEDDER)["version"] == 1
     assert _heldout_pair_ids(engine) == heldout

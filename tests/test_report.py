@@ -10,10 +10,9 @@ import zlib
 import pytest
 import sqlalchemy as sa
 
-from daemon import registry
 from daemon.gate import gate
-from daemon.metrics import render
-from daemon.report import build_report, still_missing
+from daemon.models import registry
+from daemon.observe import build_report, render_metrics, still_missing
 
 
 def chromium() -> str:
@@ -34,8 +33,8 @@ def _decisions(engine, settings, damaged: str) -> None:
     gate(engine, settings, "embedder", leaky)
 
 
-def test_report_from_a_real_store_has_every_section(store, engine, damaged_minilm):
-    _decisions(engine, store, damaged_minilm)
+def test_report_from_a_real_store_has_every_section(ingested_settings, engine, damaged_minilm):
+    _decisions(engine, ingested_settings, damaged_minilm)
     page = build_report(engine)
     assert page.count('class="chart"') == 2  # miss rate, embedder quality
     assert "reject" in page and "refuse" in page and "(leak)" in page
@@ -45,7 +44,7 @@ def test_report_from_a_real_store_has_every_section(store, engine, damaged_minil
     assert {m["query"] for m in missing} == {q for q, k in last_kind.items() if k == "miss"}
     assert all(m["misses"] >= 1 for m in missing)
     # the daemon's gauge of the last scored decision: the rejection (the refusal after it has no gain)
-    gain = re.search(r'^ragloop_gate_last_gain\{kind="embedder",metric="ndcg@10"\} (\S+)$', render(engine), re.M)
+    gain = re.search(r'^ragloop_gate_last_gain\{kind="embedder",metric="ndcg@10"\} (\S+)$', render_metrics(engine), re.M)
     assert gain and float(gain.group(1)) < -0.3
 
 
@@ -63,9 +62,9 @@ def _png_size_and_colors(png: bytes) -> tuple[int, int, int]:
 
 
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium_without_errors(store, engine, damaged_minilm, tmp_path):
+def test_report_renders_in_headless_chromium_without_errors(ingested_settings, engine, damaged_minilm, tmp_path):
     browser = chromium()
-    _decisions(engine, store, damaged_minilm)
+    _decisions(engine, ingested_settings, damaged_minilm)
     out = tmp_path / "report.html"
     out.write_text(build_report(engine), encoding="utf-8")
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2200",

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import small_feedback_files
 
 from daemon.cli import main
 from daemon.models import packaged_minilm
 from daemon.store import open_store
+
+from helpers import small_feedback_files
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,12 @@
 import pytest
 import sqlalchemy as sa
-from conftest import example_chunks
-from fake_anthropic import FakeAnthropic, error, ok, questions_for
 from structlog.testing import capture_logs
 
-from daemon.corpus import upsert_chunks
-from daemon.synth import parse_questions, run_synthesis, synth_status
+from daemon.data import upsert_chunks
+from daemon.ingest import parse_questions, run_synthesis, synth_status
+
+from fake_anthropic import FakeAnthropic, error, ok, questions_for
+from helpers import example_chunks
 
 KEY = "sk-ant-test-SECRET-0123456789"
 

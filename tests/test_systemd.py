@@ -1,7 +1,7 @@
 import os
 import socket
 
-from daemon.systemd import Notifier
+from daemon.service import Notifier
 
 
 def _listener(path):

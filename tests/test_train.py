@@ -7,18 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import make_settings, small_feedback_store
 from safetensors.numpy import load_file
 
-from daemon import registry
 from daemon.errors import ConfigError
-from daemon.validation import validation_position
-from daemon.models import packaged_minilm
-from daemon.train import TrainCancelled, TrainError, run_job
+from daemon.models import packaged_minilm, registry
+from daemon.train import TrainCancelled, TrainError, run_job, validation_position
+
+from helpers import make_settings, small_feedback_store
 
 
 @pytest.fixture
-def store(settings, engine, tmp_path):
+def ingested_settings(settings, engine, tmp_path):
     settings.train.embedder.max_steps = 2
     settings.train.reranker.max_steps = 2
     settings.train.embedder.batch_size = 4
@@ -42,15 +41,15 @@ def _heldout_pair_ids(engine) -> set[int]:
 
 
 @pytest.mark.slow
-def test_a_full_fine_tune_runs_ddp_under_torchrun_on_two_cpu_processes(store, engine, minilm):
+def test_a_full_fine_tune_runs_ddp_under_torchrun_on_two_cpu_processes(ingested_settings, engine, minilm):
     from daemon.models import load_embedder
     from daemon.train import child_command
 
-    store.train.devices = ["cpu", "cpu"]
+    ingested_settings.train.devices = ["cpu", "cpu"]
     # each rank samples its half of the data; the no-duplicates sampler finds too few batches of 4 in ~12 rows
-    store.train.embedder.batch_size = 2
-    assert child_command(Path("job.json"), store.train.devices)[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    job = run_job(engine, store, "embedder")
+    ingested_settings.train.embedder.batch_size = 2
+    assert child_command(Path("job.json"), ingested_settings.train.devices)[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    job = run_job(engine, ingested_settings, "embedder")
     t = job.training
     assert t["world_size"] == 2 and t["steps"] == 2  # gloo: the two ranks stepped together
     assert t["loss_curve"] and np.isfinite(t["final_loss"])
@@ -60,12 +59,12 @@ def test_a_full_fine_tune_runs_ddp_under_torchrun_on_two_cpu_processes(store, en
 
 
 @pytest.mark.slow
-def test_two_step_training_of_both_models_registers_candidates(store, engine, minilm, capfd):
+def test_two_step_training_of_both_models_registers_candidates(ingested_settings, engine, minilm, capfd):
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    emb = run_job(engine, store, "embedder")
+    emb = run_job(engine, ingested_settings, "embedder")
     capfd.readouterr()
-    rr = run_job(engine, store, "reranker")
+    rr = run_job(engine, ingested_settings, "reranker")
     out, err = capfd.readouterr()
     # the cold start's new head is said once, by ragloop, not by the libraries' load warnings
     assert "train.fresh_head" in out + err
@@ -81,7 +80,7 @@ def test_two_step_training_of_both_models_registers_candidates(store, engine, mi
             assert set(t["pairs"]["ids"]) < _train_pair_ids(engine) and left_out
             with engine.connect() as conn:
                 query = dict(conn.execute(sa.text("SELECT id, query FROM training_pairs")).all())
-            assert all(validation_position(query[i]) < store.train.reranker.validation_fraction for i in left_out)
+            assert all(validation_position(query[i]) < ingested_settings.train.reranker.validation_fraction for i in left_out)
             assert t["fusion"]["validation_queries"] == len({query[i] for i in left_out})
         assert not set(t["pairs"]["ids"]) & _heldout_pair_ids(engine)
         assert t["seed"] == 42 and t["libraries"]["sentence_transformers"]
@@ -103,9 +102,9 @@ def test_two_step_training_of_both_models_registers_candidates(store, engine, mi
 
 
 @pytest.mark.slow
-def test_same_data_and_seed_give_the_same_weights_on_cpu(store, engine):
-    a = run_job(engine, store, "embedder")
-    b = run_job(engine, store, "embedder")
+def test_same_data_and_seed_give_the_same_weights_on_cpu(ingested_settings, engine):
+    a = run_job(engine, ingested_settings, "embedder")
+    b = run_job(engine, ingested_settings, "embedder")
     wa, wb = (load_file(str(next(Path(r.path).glob("*.safetensors")))) for r in (a, b))
     assert wa.keys() == wb.keys()
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
@@ -113,17 +112,17 @@ def test_same_data_and_seed_give_the_same_weights_on_cpu(store, engine):
 
 
 @pytest.mark.slow
-def test_cancelled_or_killed_job_registers_nothing(store, engine):
-    models = store.models_dir / "embedder"
+def test_cancelled_or_killed_job_registers_nothing(ingested_settings, engine):
+    models = ingested_settings.models_dir / "embedder"
     cancel = threading.Event()
     err: list[BaseException] = []
-    t = threading.Thread(target=lambda: _capture(err, run_job, engine, store, "embedder", cancel=cancel))
+    t = threading.Thread(target=lambda: _capture(err, run_job, engine, ingested_settings, "embedder", cancel=cancel))
     t.start()
     _wait_for_child()
     cancel.set()
     t.join(60)
     assert isinstance(err[0], TrainCancelled)
-    t = threading.Thread(target=lambda: _capture(err, run_job, engine, store, "embedder"))
+    t = threading.Thread(target=lambda: _capture(err, run_job, engine, ingested_settings, "embedder"))
     t.start()
     pid = _wait_for_child()
     os.kill(pid, 9)  # a crash of the training process itself

@@ -6,10 +6,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from daemon.config import ConfigError, settings_from_dict
+from daemon.config import settings_from_dict
+from daemon.errors import ConfigError
 from daemon.models import load_embedder, packaged_minilm
-from daemon.train import run_job
-from daemon.validation import ValidationPool, interpolate, validation_position
+from daemon.train import ValidationPool, interpolate, run_job, validation_position
 
 
 def test_interpolation_is_the_weighted_mean_of_two_models(minilm, damaged_minilm):
@@ -36,15 +36,15 @@ def test_alphas_must_lie_in_zero_to_one(tmp_path):
 
 
 @pytest.fixture
-def validating(store):
+def validating(ingested_settings):
     """The small store's embedder job with validation on: its ~6 validation queries are enough here."""
-    store.train.embedder.validation_fraction = 0.2
-    store.train.embedder.min_validation = 2
-    store.train.embedder.max_steps = 0
-    store.train.embedder.epochs = 2
-    store.train.embedder.alphas = [0.5, 1.0]
-    store.train.embedder.batch_size = 2  # the fixture's few distinct negatives fill no-duplicate batches of 2
-    return store
+    ingested_settings.train.embedder.validation_fraction = 0.2
+    ingested_settings.train.embedder.min_validation = 2
+    ingested_settings.train.embedder.max_steps = 0
+    ingested_settings.train.embedder.epochs = 2
+    ingested_settings.train.embedder.alphas = [0.5, 1.0]
+    ingested_settings.train.embedder.batch_size = 2  # the fixture's few distinct negatives fill no-duplicate batches of 2
+    return ingested_settings
 
 
 @pytest.mark.slow
@@ -78,10 +78,10 @@ def test_the_embedder_keeps_validation_queries_out_and_saves_the_alpha_and_epoch
 
 
 @pytest.mark.slow
-def test_too_few_validation_queries_carve_nothing(store, engine):
-    store.train.embedder.validation_fraction = 0.2
-    store.train.embedder.min_validation = 1000
-    t = run_job(engine, store, "embedder").training
+def test_too_few_validation_queries_carve_nothing(ingested_settings, engine):
+    ingested_settings.train.embedder.validation_fraction = 0.2
+    ingested_settings.train.embedder.min_validation = 1000
+    t = run_job(engine, ingested_settings, "embedder").training
     with engine.connect() as conn:
         train = set(conn.scalars(sa.text("SELECT id FROM training_pairs WHERE split = 'train'")))
     assert set(t["pairs"]["ids"]) == train and "interpolation" not in t and "early_stopping" not in t

@@ -1,0 +1,11 @@
+"""Serve: the Qdrant index behind the alias (blue/green), the serving manifest, promotion and rollback."""
+
+from daemon.serve.index import (IndexBuildError, IndexReport, build_index, reindex_estimate_s, rollback_index, search,
+                                serving_collection, sync_corpus_from_qdrant)
+from daemon.serve.manifest import build_manifest, publish, run_hook
+from daemon.serve.promotion import force_promote, promote, rollback
+from daemon.serve.vectorstore import QdrantStore, open_vectors, point_id
+
+__all__ = ["QdrantStore", "open_vectors", "point_id", "IndexBuildError", "IndexReport", "build_index",
+           "rollback_index", "serving_collection", "search", "sync_corpus_from_qdrant", "reindex_estimate_s",
+           "build_manifest", "publish", "run_hook", "promote", "force_promote", "rollback"]

@@ -1,0 +1,54 @@
+"""The command line on bad arguments: every command answers with one `ragloop: ...` line that says what to do
+and a non-zero exit code, never a traceback; and nothing is written by a refused command."""
+
+import pytest
+
+from daemon.cli import main
+from daemon.store import open_store
+
+
+@pytest.fixture
+def config(tmp_path, db_url):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[store]\nurl = "{db_url}"\n[train]\ndevice = "cpu"\n')
+    return str(cfg)
+
+
+BAD = [
+    (["promote", "embedder", "99", "--force"], "no embedder version 99; `ragloop models` lists"),
+    (["promote", "reranker", "3", "--force"], "no reranker version 3; `ragloop models` lists"),
+    (["rollback", "reranker"], "no reranker to roll back"),
+    (["rollback", "embedder"], "nothing is indexed yet"),
+    (["eval", "embedder", "99"], "no embedder version 99; `ragloop models` lists"),
+    (["eval", "reranker", "7"], "no reranker version 7; `ragloop models` lists"),
+    (["index", "rollback"], "nothing is indexed yet"),
+    (["search", "how do I install it?"], "nothing is indexed yet: run `ragloop index build`"),
+    (["corpus", "load", "/nonexistent/corpus.jsonl"], "/nonexistent/corpus.jsonl"),
+    (["corpus", "sync", "--from-qdrant", "nope"], "no collection 'nope'"),
+    (["report", "-o", "/nonexistent/dir/report.html"], "pass -o with a writable path"),
+    (["index", "build"], "the corpus is empty: load chunks with `ragloop corpus load FILE.jsonl` first"),
+]
+
+
+@pytest.mark.parametrize("argv,says", BAD, ids=[" ".join(a[:2]) for a, _ in BAD])
+def test_a_bad_argument_gets_one_line_that_says_what_to_do(config, capsys, argv, says):
+    code = main(["-c", config, *argv])
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("ragloop: ")]  # the rest: the JSON log
+    assert code != 0
+    assert len(said) == 1 and says in said[0], err
+    assert "Traceback" not in err
+
+
+def test_a_missing_config_file_is_refused_with_exit_2(tmp_path, capsys):
+    assert main(["-c", str(tmp_path / "missing.toml"), "status"]) == 2
+    assert "file not found; pass --config PATH or create config.toml" in capsys.readouterr().err
+
+
+def test_a_refused_promotion_writes_no_decision(config, db_url, capsys):
+    assert main(["-c", config, "promote", "embedder", "5", "--force"]) == 1
+    engine = open_store(db_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM gate_decisions").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM model_versions WHERE status = 'serving'").scalar() <= 1
+    engine.dispose()
