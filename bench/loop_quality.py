@@ -227,7 +227,7 @@ def serving_model(engine, settings, base):
 def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unseen: list[dict], out: Path,
                   device: str) -> Scores:
     """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored per unseen question."""
-    from benchmarks import one_shot_finetune
+    from bench.benchmarks import one_shot_finetune
 
     rows = [(q["query"], corpus.text_of[p], corpus.text_of[wrong[q["query"]]]) for q in seen for p in q["expected_ids"]]
     model = load_embedder(str(one_shot_finetune(packaged_minilm(), rows, out)), device)

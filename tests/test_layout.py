@@ -89,3 +89,18 @@ def test_each_rooms_surface_exports_what_it_names():
         missing = [n for n in getattr(pkg, "__all__", []) if not hasattr(pkg, n)]
         assert not missing, f"{dotted(init)}.__all__ names {missing}, which it does not define"
         assert getattr(pkg, "__all__", None), f"{dotted(init)} exports nothing: give it an __all__ of its entry points"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "bench").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_import_of_a_benchmark_resolves_when_run_from_the_repository_root(path, monkeypatch):
+    """Benchmarks run as ``python -m bench.NAME`` from the root: an import inside a function that names a module
+    only a script's own folder had (``from benchmarks import ...``) would fail hours into a run."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO))
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else
+                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        for name in names:
+            assert importlib.util.find_spec(name.split(".")[0]) is not None, (
+                f"{path.relative_to(REPO)}:{node.lineno} imports {name}, which does not resolve from the root")

@@ -12,7 +12,7 @@ serving embedder did. The transformer is stored once (both routes share it), not
 
 Training. Only the Dense layer learns; everything below it is frozen, so its inputs are fixed vectors:
 each query's vector through the document route, and the corpus vectors the embedding cache already holds
-for the serving model (daemon/gate/evaluate.py). The adapter is therefore trained on those cached vectors with
+for the serving model (daemon/models/vectors.py). The adapter is therefore trained on those cached vectors with
 the loss the full fine-tune uses, MultipleNegativesRankingLoss (cosine x 20, cross-entropy over the batch's
 answers plus each example's hard negatives), written out here in a few lines of torch because
 sentence-transformers' trainer would push every document through the frozen transformer at every step.
