@@ -6,7 +6,7 @@
 
 Each has corpus.jsonl, questions.jsonl (a fixed "traffic"/"unseen" half per question) and
 feedback.jsonl (production's log of the traffic half). Per-query scoring uses the gate's own code
-(daemon.evaluate), and `one_shot_finetune` is the 30-line script a doubting user would write.
+(daemon.models: retrieval and metrics), and `one_shot_finetune` is the 30-line script a doubting user would write.
 """
 
 from __future__ import annotations

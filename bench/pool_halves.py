@@ -8,7 +8,7 @@ questions is inside its noise. The same run with --swap-halves trains on the oth
 this one, so a benchmark's two runs together score every one of its questions once, each by a model that
 never saw it. Pooled per question, the paired difference (what serves - the script) is measured on 454
 (examples), 295 (Perl FAQ) or 749 questions. Printed per file, per benchmark and over all files: the
-paired difference (95% bootstrap interval, questions won/lost, two-sided sign-flip p; daemon.stats), and
+paired difference (95% bootstrap interval, questions won/lost, two-sided sign-flip p; daemon.gate.significance), and
 the questions that regressed or gained at hit@1 and hit@10 from wave 1 to the last wave.
 
 Each file must be a distinct run: the same half twice would count its questions twice (refused).
