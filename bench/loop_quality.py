@@ -6,7 +6,7 @@ The benchmark's FAQ questions are split (fixed, by hash) into "traffic" and "uns
 arrives in --waves consecutive waves, one day each: production (the embedder serving at that moment; the
 packaged MiniLM at first) retrieves the top 10 over the whole corpus for every question of the wave and
 logs the event (hit or miss) in the v1 format; ragloop ingests the log and runs one cycle (train, gate
-against what serves, promote (with --refit, the promoted recipe's refit on all traffic so far, daemon/train/refit.py),
+against what serves, promote (unless --no-refit, the refit of what was promoted on all traffic so far, daemon/train/refit.py),
 re-index). After each wave the unseen half, which no stage ever saw, is scored for: the base embedder; what
 serves (and the candidate, when the gate kept it out, or the gated candidate a refit replaced); the reranker
 pipeline when the reranker is trained, alone and fused at its validated weight (and, with --reranker-base,
@@ -97,9 +97,14 @@ def main() -> None:
     ap.add_argument("--start-from", choices=("serving", "base"), default=None,
                     help="override train.embedder.start_from: continue from what serves, or restart from the base "
                          "on all train pairs so far, each cycle")
-    ap.add_argument("--refit", action="store_true",
-                    help="train.embedder.refit = true: after a promotion, the promoted recipe's refit on all traffic "
+    ap.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                    help="override train.embedder.refit (on by default): after a promotion, the refit on all traffic "
                          "so far serves (if it passes its check) instead of the candidate trained on the train split")
+    ap.add_argument("--refit-from", choices=("start", "candidate"), default=None,
+                    help="override train.embedder.refit_from: the recipe again from its start, or continue the "
+                         "candidate on the held-out pairs and a replay sample (--refit-replay, --refit-epochs)")
+    ap.add_argument("--refit-replay", type=float, default=None, help="override train.embedder.refit_replay")
+    ap.add_argument("--refit-epochs", type=float, default=None, help="override train.embedder.refit_epochs")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
                     help="smollm2: synthetic questions for every chunk from the offline generator (bench/experiments/offline_synth.py)")
@@ -123,7 +128,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         overrides = {"embedder": (("epochs", args.epochs), ("learning_rate", args.lr), ("start_from", args.start_from),
-                                  ("negatives", args.negatives)),
+                                  ("negatives", args.negatives), ("refit", args.refit), ("refit_from", args.refit_from),
+                                  ("refit_replay", args.refit_replay), ("refit_epochs", args.refit_epochs)),
                      "reranker": (("epochs", args.reranker_epochs), ("learning_rate", args.reranker_lr))}
         train = {k: {kk: v for kk, v in (*pairs, ("max_seq_length", args.max_seq_length)) if v is not None}
                  for k, pairs in overrides.items()}
@@ -133,8 +139,6 @@ def main() -> None:
             train["reranker"]["base"] = str(Path(args.reranker_base).resolve())
         if args.synthetic_share is not None:
             train["max_synthetic_share"] = args.synthetic_share
-        if args.refit:
-            train["embedder"]["refit"] = True
         gate = {"embedder_metric": args.embedder_metric} if args.embedder_metric else {}
         settings = settings_from_dict({"state_dir": str(work / "state"), "log": {"level": "warning"},
                                        "ingest": {"paths": [str(work / "feedback.jsonl")]}, "train": train,

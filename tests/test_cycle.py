@@ -71,3 +71,25 @@ def test_a_configured_reranker_base_trains_and_is_gated_in_the_first_cycle(inges
     training = json.loads((ingested_settings.models_dir / "reranker" / "v1" / "training.json").read_text())
     assert training["steps"] == 2
     assert registry.get_version(engine, "reranker", 1)["base"] == str(base)
+
+
+def test_below_min_heldout_a_cycle_trains_no_candidate_and_says_how_many_queries_it_waits_for(
+        ingested_settings, engine, tmp_path):
+    ingested_settings.gate.min_heldout = 1000
+    with capture_logs() as cap:
+        report = run_cycle(engine, ingested_settings)
+    have = report.heldout["heldout_queries"]
+    assert 0 < have < 1000 and report.waiting_for == 1000 - have
+    assert report.decisions == [] and not (ingested_settings.models_dir / "embedder").exists()  # no child ran
+    (wait,) = report.not_trained
+    assert wait["reason"].startswith(f"waiting for {1000 - have} more held-out queries: the held-out set has {have}")
+    event = next(e for e in cap if e["event"] == "cycle.waiting")
+    assert (event["heldout_queries"], event["needed"]) == (have, 1000 - have)
+    assert f"candidates: waiting for {1000 - have} more held-out queries" in _status_text(ingested_settings, tmp_path)
+    from daemon.observe import render_metrics
+
+    text = render_metrics(engine)
+    assert f"ragloop_heldout_queries_needed {float(1000 - have)}" in text
+    assert f"ragloop_heldout_queries {float(have)}" in text
+    ingested_settings.gate.min_heldout = have  # enough now: the next cycle trains again
+    assert run_cycle(engine, ingested_settings, kinds=()).waiting_for == 0

@@ -46,11 +46,12 @@ def _heldout_pair_ids(engine) -> set[int]:
         return set(conn.scalars(sa.select(pairs_t.c.id).where(pairs_t.c.split == "heldout")))
 
 
-def _planted(ingested_settings, engine, damaged_minilm, refit: bool):
+def _planted(ingested_settings, engine, damaged_minilm, refit: bool, refit_from: str = "start"):
     """Production serves a broken embedder (v0); a 2-step fine-tune of the packaged MiniLM must beat it."""
     registry.register(engine, registry.EMBEDDER, damaged_minilm, version=0, status="serving")
     ingested_settings.train.embedder.start_from = "base"
     ingested_settings.train.embedder.refit = refit
+    ingested_settings.train.embedder.refit_from = refit_from
     ingested_settings.qdrant.verify_sample = 5
     return run_cycle(engine, ingested_settings, kinds=(registry.EMBEDDER,))
 
@@ -98,3 +99,24 @@ def test_without_refit_the_gated_candidate_serves_and_the_heldout_set_stays(inge
     assert gated["outcome"] == "promote" and registry.serving(engine, registry.EMBEDDER)["version"] == 1
     assert _heldout_pair_ids(engine) == heldout
     assert "refit" not in [s["stage"] for s in report.stages]
+
+
+@pytest.mark.slow
+def test_a_refit_from_the_candidate_continues_it_on_the_heldout_pairs_and_a_replay_sample(ingested_settings, engine,
+                                                                                      damaged_minilm):
+    heldout = _heldout_pair_ids(engine)
+    ingested_settings.train.embedder.refit_replay = 0.5
+    report = _planted(ingested_settings, engine, damaged_minilm, refit=True, refit_from="candidate")
+    gated, refitted = report.decisions
+    assert gated["outcome"] == "promote" and (refitted["mode"], refitted["version"]) == ("refit", 2)
+    row = registry.get_version(engine, registry.EMBEDDER, 2)
+    training = json.loads((ingested_settings.models_dir / "embedder" / "v2" / "training.json").read_text())
+    # it starts from the gated candidate, not from the candidate's start, and says so in its lineage
+    assert row["base"] == "embedder v1" and training["base_path"].endswith("/embedder/v1")
+    trained = set(row["lineage"]["pair_ids"])
+    gated_pairs = set(registry.get_version(engine, registry.EMBEDDER, 1)["lineage"]["pair_ids"])
+    assert heldout <= trained  # every held-out pair...
+    assert len(trained - heldout) == round(0.5 * len(heldout))  # ...and half as many train pairs, replayed
+    assert trained - heldout <= gated_pairs
+    assert training["hyperparameters"]["epochs"] == ingested_settings.train.embedder.refit_epochs
+    assert _heldout_pair_ids(engine) == set()  # what it learned from retires, as with a refit from the start

@@ -133,20 +133,25 @@ def test_daemon_ingests_cycles_promotes_and_stops_cleanly(tmp_path, db_url, dama
         # SIGHUP: a new config (a good base, a low retrain threshold) takes effect without a restart
         write_config(cfg, tmp_path, db_url, base=packaged_minilm(), min_new_pairs=5, port=port)
         d.proc.send_signal(signal.SIGHUP)
-        s = poll(lambda: (st := status(cfg))["last_cycle"] and st, 600, "a cycle")
-        decided = [x for x in s["last_cycle"]["decisions"] if x["kind"] == "embedder"]
-        assert decided[0]["outcome"] == "promote", decided
+        # the promoting cycle refits (train.embedder.refit is on); its held-out queries retire, so the cycle
+        # after it waits for fresh ones instead of training a candidate the gate could not judge
+        s = poll(lambda: ((st := status(cfg))["last_cycle"] or {}).get("waiting_for") and st, 600,
+                 "a promoting cycle, then one that waits for held-out queries")
+        assert s["last_cycle"]["decisions"] == [] and "waiting for" in s["last_cycle"]["not_trained"][0]["reason"]
+        decided = [x for x in reversed(s["decisions"]) if x["kind"] == "embedder"]  # oldest first
+        assert [x["outcome"] for x in decided][:1] == ["promote"], decided
         # what serves: the promoted candidate, or its refit on all traffic when that passed its check
         emb = next(x for x in reversed(decided) if x["outcome"] in ("promote", "refit"))
-        assert s["serving"]["models"]["embedder"]["version"] == emb["version"]
+        assert s["serving"]["models"]["embedder"]["version"] == emb["candidate"]
         assert s["serving"]["collection"] == "chunks__v2"  # v1 was built with the broken embedder
         manifest = json.loads((tmp_path / "state" / "serving.json").read_text())
-        assert manifest["collection"] == "chunks__v2" and manifest["embedder"]["version"] == emb["version"]
+        assert manifest["collection"] == "chunks__v2" and manifest["embedder"]["version"] == emb["candidate"]
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         samples = dict(re.findall(r'^(ragloop_[a-z_]+(?:\{[^}]*\})?) (\S+)$', body, re.M))
         assert float(samples['ragloop_events_total{kind="miss"}']) + float(samples['ragloop_events_total{kind="hit"}']) == len(lines)
-        assert float(samples['ragloop_serving_version{kind="embedder"}']) == emb["version"]
+        assert float(samples['ragloop_serving_version{kind="embedder"}']) == emb["candidate"]
+        assert float(samples["ragloop_heldout_queries_needed"]) == s["last_cycle"]["waiting_for"] > 0
         assert float(samples["ragloop_cycles_total"]) >= 1 and "ragloop_last_heartbeat_timestamp_seconds" in samples
         assert float(samples['ragloop_gate_decisions_total{kind="embedder",outcome="promote"}']) == 1
 

@@ -104,7 +104,9 @@ class GateSettings(Section):
     confidence: float = Field(
         0.95, gt=0.5, lt=1, description="one-sided confidence of each paired test (level 1 - confidence), e.g. 0.95")
     seed: int = Field(0, description="seed of the paired tests' sign flips (decisions are reproducible)")
-    min_heldout: int = Field(20, ge=1, description="below this many held-out queries the gate refuses to decide")
+    min_heldout: int = Field(
+        20, ge=1, description="below this many held-out queries the gate refuses to decide, and a cycle trains no "
+        "candidate (it waits, and says how many more queries it needs)")
     rerank_depth: int = Field(
         20, ge=10, le=1000, description="embedder candidates the reranker reorders, in the gate and in production "
         "(the manifest carries it); 10..1000")

@@ -110,11 +110,16 @@ class StoreCollector(Collector):
         last = s["last_cycle"] or {}
         duration = GaugeMetricFamily("ragloop_last_cycle_duration_seconds", "Duration of the last cycle.")
         started = GaugeMetricFamily("ragloop_last_cycle_timestamp_seconds", "Unix time the last cycle started.")
+        heldout = GaugeMetricFamily("ragloop_heldout_queries", "Real queries in the gate's held-out set at the last cycle.")
+        waiting = GaugeMetricFamily("ragloop_heldout_queries_needed", "Held-out queries the last cycle lacked to judge "
+                                    "a candidate (gate.min_heldout), so it trained none; 0: it did not wait.")
         if last:
             duration.add_metric([], last["duration_s"])
             started.add_metric([], datetime.fromisoformat(last["started_at"]).timestamp())
-        yield duration
-        yield started
+            waiting.add_metric([], last.get("waiting_for", 0))
+            if last.get("heldout"):
+                heldout.add_metric([], last["heldout"]["heldout_queries"])
+        yield from (duration, started, heldout, waiting)
 
     def _gate(self) -> Iterator[Any]:
         gd = GateDecision.__table__

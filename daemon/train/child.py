@@ -56,7 +56,7 @@ def fit(job: TrainJob) -> dict[str, Any]:
     need_miner = settings.train.mining.mine or kind == RERANKER or adapter
     miner = load_embedder(job.mining_model, device, settings.train.trust_remote_code) if need_miner else None
     data = assemble(engine, settings, miner if settings.train.mining.mine else None, job.mining_key,
-                    job.splits)
+                    job.splits, job.replay)
     if not data.examples:
         raise SystemExit("no training pairs in the train split yet: ingest feedback first")
     if adapter:

@@ -63,10 +63,12 @@ class TrainingData:
         return cls([Example(**e) for e in d["examples"]], d["texts"], d.get("counts", {}))
 
 
-def select_pairs(engine: Engine, settings: Settings, splits: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+def select_pairs(engine: Engine, settings: Settings, splits: tuple[str, ...] = ("train",),
+                 replay: float | None = None) -> list[dict[str, Any]]:
     """Pairs to replay from ``splits`` (the train split; a refit after promotion adds "heldout"): newest and
     most frequent first, bounded by `train.max_pairs`, with the synthetic share capped at
-    `train.max_synthetic_share`."""
+    `train.max_synthetic_share`. With ``replay`` (a refit that continues from the gated candidate), every
+    held-out pair and a seeded sample of ``replay`` train pairs per held-out pair."""
     t = settings.train
     with engine.connect() as conn:
         rows = conn.execute(
@@ -74,6 +76,11 @@ def select_pairs(engine: Engine, settings: Settings, splits: tuple[str, ...] = (
             .where(pairs_t.c.split.in_(splits), chunks_t.c.removed_at.is_(None))
             .order_by(pairs_t.c.last_seen.desc(), pairs_t.c.count.desc(), pairs_t.c.id)
         ).mappings().all()
+    if replay is not None:
+        train = [r["id"] for r in rows if r["split"] != "heldout"]
+        k = min(len(train), round(replay * (len(rows) - len(train))))
+        kept = set(random.Random(t.seed).sample(train, k))
+        rows = [r for r in rows if r["split"] == "heldout" or r["id"] in kept]
     real = [dict(r) for r in rows if r["origin"] != "synthetic"]
     synthetic = [dict(r) for r in rows if r["origin"] == "synthetic"]
     share = t.max_synthetic_share
@@ -85,10 +92,11 @@ def select_pairs(engine: Engine, settings: Settings, splits: tuple[str, ...] = (
 
 
 def assemble(engine: Engine, settings: Settings, model=None, key: str = "embedder-v0",
-             splits: tuple[str, ...] = ("train",)) -> TrainingData:
-    """Examples with negatives for every selected pair of ``splits``. ``model`` (the serving embedder, cache
-    key ``key``) mines negatives; without it only production and random negatives are used."""
-    pairs = select_pairs(engine, settings, splits)
+             splits: tuple[str, ...] = ("train",), replay: float | None = None) -> TrainingData:
+    """Examples with negatives for every selected pair of ``splits`` (``replay``: see `select_pairs`). ``model``
+    (the serving embedder, cache key ``key``) mines negatives; without it only production and random negatives
+    are used."""
+    pairs = select_pairs(engine, settings, splits, replay)
     with engine.connect() as conn:
         corpus = dict(conn.execute(sa.select(chunks_t.c.id, chunks_t.c.text).where(chunks_t.c.removed_at.is_(None))).all())
         # every expected id of a query, so no chunk that answers it becomes its negative

@@ -50,6 +50,7 @@ class TrainJob(BaseModel):
     documents: int = 0  # the embedder version whose document vectors the index holds
     splits: tuple[str, ...] = ("train",)  # a refit adds "heldout"
     refit_of: int | None = None  # the promoted version a refit replaces
+    replay: float | None = None  # a refit from the candidate: train pairs kept per held-out pair
 
 
 class TrainError(RagloopError):
@@ -130,6 +131,10 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     if kind != registry.EMBEDDER:
         mode = "full"
     start, start_label = start_path(engine, settings, kind, mode)
+    splits, replay = ("train",), None
+    if refit_of is not None:
+        start, start_label, settings, replay = _refit_plan(engine, settings, refit_of, start, start_label)
+        splits = ("train", "heldout")
     root = settings.models_dir / kind
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
@@ -137,8 +142,8 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     tmp.mkdir()
     job = TrainJob(kind=kind, settings=settings, start=start, start_label=start_label, mining_model=mining_model,
                    mining_key=registry.vector_key(serving_embedder), out=tmp, mode=mode,
-                   documents=registry.documents_version(serving_embedder),
-                   splits=("train", "heldout") if refit_of is not None else ("train",), refit_of=refit_of)
+                   documents=registry.documents_version(serving_embedder), splits=splits, refit_of=refit_of,
+                   replay=replay)
     (tmp / "job.json").write_text(job.model_dump_json())
     try:
         _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s,
@@ -153,6 +158,23 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     log.info("train.registered", kind=kind, version=version, path=path, steps=training["steps"],
              final_loss=training["final_loss"], duration_s=training["duration_s"], device=training["device"])
     return TrainResult(kind, version, path, training)
+
+
+def _refit_plan(engine: Engine, settings: Settings, refit_of: int, start: str, start_label: str
+                ) -> tuple[str, str, Settings, float | None]:
+    """(start, its label, settings, replay) of the refit of embedder ``refit_of`` (daemon/train/refit.py).
+
+    train.embedder.refit_from "start" trains the gated candidate's recipe again from its start; "candidate"
+    continues from the gated candidate for train.embedder.refit_epochs, on the held-out pairs and
+    train.embedder.refit_replay train pairs per held-out pair.
+    """
+    cfg = settings.train.embedder
+    if cfg.refit_from == "start":
+        return start, start_label, settings, None
+    gated = registry.get_version(engine, registry.EMBEDDER, refit_of)
+    settings = settings.model_copy(deep=True)
+    settings.train.embedder.epochs = cfg.refit_epochs
+    return gated["path"], f"{registry.EMBEDDER} v{refit_of}", settings, cfg.refit_replay
 
 
 def child_command(job_path: Path, devices: list[str]) -> list[str]:
