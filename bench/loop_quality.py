@@ -230,11 +230,25 @@ def serving_model(engine, settings, base):
 
 def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unseen: list[dict], out: Path,
                   device: str) -> Scores:
-    """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored per unseen question."""
-    from bench.benchmarks import one_shot_finetune
+    """The one-shot script (bench/benchmarks.py) on every traffic question so far, scored per unseen question.
+
+    Its model is cached in bench/.cache/script/ by its rows and device: training is deterministic there, and
+    runs that differ only in ragloop's settings train the same script (10 minutes each on this CPU)."""
+    import hashlib
+    import os
+    import shutil
+
+    from bench.benchmarks import CACHE, one_shot_finetune
 
     rows = [(q["query"], corpus.text_of[p], corpus.text_of[wrong[q["query"]]]) for q in seen for p in q["expected_ids"]]
-    model = load_embedder(str(one_shot_finetune(packaged_minilm(), rows, out)), device)
+    key = hashlib.sha256(json.dumps([packaged_minilm(), device, rows]).encode()).hexdigest()[:20]
+    cached = CACHE / "script" / key
+    if not cached.exists():
+        trained = one_shot_finetune(packaged_minilm(), rows, out)
+        tmp = cached.with_name(f".{key}.{os.getpid()}")
+        shutil.copytree(trained, tmp)
+        os.replace(tmp, cached)  # whole or not at all: a killed run leaves no half-written model behind
+    model = load_embedder(str(cached), device)
     emb = corpus_embeddings(model, corpus, None, "script")
     return score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
                  [set(q["expected_ids"]) for q in unseen])
