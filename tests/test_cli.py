@@ -52,3 +52,15 @@ def test_a_refused_promotion_writes_no_decision(config, db_url, capsys):
         assert conn.exec_driver_sql("SELECT count(*) FROM gate_decisions").scalar() == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM model_versions WHERE status = 'serving'").scalar() <= 1
     engine.dispose()
+
+
+def test_a_reranker_path_that_is_no_model_is_refused_as_an_embedder_path_is(tmp_path):
+    from daemon.models import ModelError, load_embedder, load_reranker
+
+    for load, kind in ((load_embedder, "embedder"), (load_reranker, "reranker")):
+        with pytest.raises(ModelError, match=f"{kind} '/nonexistent/model' is neither a folder nor a Hugging Face id; "
+                                              f"check train.{kind}.base"):
+            load("/nonexistent/model", "cpu")
+        (tmp_path / kind).mkdir()
+        with pytest.raises(ModelError, match=f"cannot load {kind} "):
+            load(str(tmp_path / kind), "cpu")  # a folder, but no model in it

@@ -45,15 +45,9 @@ def load_embedder(path: str, device: str = "auto", trust_remote_code: bool = Fal
     Raises:
         ModelError: ``path`` is neither a folder nor a hub id, or cannot be loaded.
     """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
 
-    _check_path(path, "embedder", "train.embedder.base")
-    try:
-        return SentenceTransformer(path, device=pick_device(device), trust_remote_code=trust_remote_code,
-                                   model_kwargs={"use_safetensors": True})
-    except OSError as exc:
-        raise ModelError(f"cannot load embedder {path!r}: {exc}") from None
+    return _load(SentenceTransformer, "embedder", path, device, trust_remote_code)
 
 
 def load_reranker(path: str, device: str = "auto", trust_remote_code: bool = False):
@@ -62,17 +56,17 @@ def load_reranker(path: str, device: str = "auto", trust_remote_code: bool = Fal
     Raises:
         ModelError: ``path`` is neither a folder nor a hub id, or cannot be loaded.
     """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    _check_path(path, "reranker", "train.reranker.base")
-    try:
-        return CrossEncoder(path, device=pick_device(device), trust_remote_code=trust_remote_code,
-                            model_kwargs={"use_safetensors": True})
-    except OSError as exc:
-        raise ModelError(f"cannot load reranker {path!r}: {exc}") from None
+    return _load(CrossEncoder, "reranker", path, device, trust_remote_code)
 
 
-def _check_path(path: str, kind: str, setting: str) -> None:
+def _load(cls, kind: str, path: str, device: str, trust_remote_code: bool):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not Path(path).exists() and ("/" not in path or path.startswith(("/", "."))):
-        raise ModelError(f"{kind} {path!r} is neither a folder nor a Hugging Face id; check {setting}")
+        raise ModelError(f"{kind} {path!r} is neither a folder nor a Hugging Face id; check train.{kind}.base")
+    try:
+        return cls(path, device=pick_device(device), trust_remote_code=trust_remote_code,
+                   model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError) as exc:  # ValueError: a folder without a model's config.json
+        raise ModelError(f"cannot load {kind} {path!r}: {exc}") from None
