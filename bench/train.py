@@ -32,7 +32,7 @@ from daemon.data import load_corpus
 from daemon.ingest import ingest_once
 from daemon.models import load_embedder, packaged_minilm, pick_device
 from daemon.store import open_store
-from daemon.train import assemble, run_job
+from daemon.train import assemble, carve_validation, run_job
 
 EXAMPLES = Path(__file__).resolve().parent / "data" / "examples"
 
@@ -129,16 +129,20 @@ def main() -> None:
         data = assemble(engine, settings, load_embedder(packaged_minilm(), device))
         print(f"{len(data.examples)} examples from {len({e.pair_id for e in data.examples})} train pairs, "
               f"{args.steps} steps, batch {args.batch_size}, device {device}")
-        data_path, settings_path = work / "data.json", work / "settings.json"
-        data_path.write_text(json.dumps(data.to_json()))
+        settings_path = work / "settings.json"
         settings_path.write_text(json.dumps(settings.model_dump(mode="json")))
+        # what each job trains on: the reranker's job first keeps its fusion-weight validation split out
+        trained_on = {"embedder": data,
+                      "reranker": carve_validation(data, settings.train.reranker.validation_fraction)[0]}
         results = {}
-        for kind in ("embedder", "reranker"):
+        for kind, kind_data in trained_on.items():
+            data_path = work / f"data-{kind}.json"
+            data_path.write_text(json.dumps(kind_data.to_json()))
             bare = bare_in_fresh_process(kind, data_path, settings_path, device, work / f"bare-{kind}")
             t = time.perf_counter()
             job = run_job(engine, settings, kind)
             wall = time.perf_counter() - t
-            assert job.training["data_hash"] == data.data_hash(), "both sides must train on identical data"
+            assert job.training["data_hash"] == kind_data.data_hash(), "both sides must train on identical data"
             ours = job.training["steps_per_s"]
             results[kind] = (bare, ours, bare / ours, wall)
             print(f"{kind:9s} bare trainer {bare:.3f} steps/s | ragloop train loop {ours:.3f} steps/s "
