@@ -37,9 +37,7 @@ def retire_heldout(engine: Engine) -> int:
     keys = {split_key(r.query_norm) for r in rows if r.id in trained}
     move = [r.id for r in rows if r.split == "heldout" and split_key(r.query_norm) in keys]
     if move:
-        with write_tx(engine) as conn:
-            for i in range(0, len(move), 500):
-                conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
+        _to_train(engine, move)
         log.info("gate.heldout_retired", pairs=len(move), reason="the serving model trained on them (a refit)")
     return len(move)
 
@@ -64,11 +62,16 @@ def rebalance_heldout(engine: Engine, settings: Settings) -> dict[str, Any]:
     stays = {qn: split_position(qn) < share for qn in {r.query_norm for r in held}}
     move = [r.id for r in held if not stays[r.query_norm]]
     if move:  # most cycles of a settled deployment move nothing: no write lock for them
-        with write_tx(engine) as conn:
-            for i in range(0, len(move), 500):
-                conn.execute(pairs_t.update().where(pairs_t.c.id.in_(move[i : i + 500])).values(split="train"))
+        _to_train(engine, move)
     kept = sum(stays.values())
     out = {"queries": queries, "share": round(share, 4), "heldout_queries": kept, "pairs_moved_to_train": len(move),
            "pairs_retired": retired}
     log.info("gate.heldout", **out)
     return out
+
+
+def _to_train(engine: Engine, ids: list[int]) -> None:
+    """Move the pairs ``ids`` from held-out to train, in one transaction (500 ids per statement)."""
+    with write_tx(engine) as conn:
+        for i in range(0, len(ids), 500):
+            conn.execute(pairs_t.update().where(pairs_t.c.id.in_(ids[i : i + 500])).values(split="train"))
