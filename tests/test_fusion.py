@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from daemon.models import (WEIGHTS, Corpus, choose_weight, corpus_embeddings, fu
 from daemon.serve import build_index, promotion
 from daemon.train import run_job
 
-from helpers import REPO
+from ragloop_client import Retriever
 
 
 def test_weight_zero_is_the_first_stage_and_one_the_reranker_alone():
@@ -33,15 +32,8 @@ def test_the_chosen_weight_is_the_best_on_validation_and_the_smallest_on_a_tie()
     assert choose_weight({0.0: 0.7, 0.5: 0.7, 1.0: 0.1}) == 0.0  # a reranker that adds nothing gets no weight
 
 
-def _readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    block = text.split("<!-- fusion-snippet", 1)[1]
-    return re.search(r"```python\n(.*?)```", block, re.S).group(1)
-
-
 @pytest.mark.slow
-def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_readme_does(ingested_settings, engine, minilm,
-                                                                                           monkeypatch):
+def test_the_weight_is_chosen_on_validation_gated_published_and_served_by_the_client(ingested_settings, engine, minilm):
     build_index(engine, ingested_settings, model=minilm)
     ingested_settings.train.reranker.min_validation = 3
     job = run_job(engine, ingested_settings, "reranker")
@@ -70,18 +62,13 @@ def test_the_weight_is_chosen_on_validation_gated_published_and_applied_as_the_r
     training_json.write_text(json.dumps(training))
     ingested_settings.gate.rerank_depth = 20  # the manifest carries the depth the gate reranks at; production reads it
     promotion.promote(engine, ingested_settings, "reranker", job.version, forced=True)
-    monkeypatch.setenv("RAGLOOP_MANIFEST", str(ingested_settings.manifest_path))
-    prod: dict = {}
-    exec(compile(_readme_snippet(), "README fusion snippet", "exec"), prod)
-    assert prod["weight"] == w and prod["depth"] == 20
-
     corpus = Corpus(engine)
     emb = corpus_embeddings(minilm, corpus, None, "test")
     qs = sorted(heldout)[:5]
     cands, sims = retrieve_scored(minilm, corpus, emb, qs, 20)
-    gate_ranked = rerank(load_reranker(job.path, ingested_settings.train.device, ingested_settings.train.trust_remote_code), corpus, qs, cands, first=sims, weight=w)
-    for q, c, s, g in zip(qs, cands, sims, gate_ranked):
-        assert prod["rank"](q, [(cid, corpus.text_of[cid], float(x)) for cid, x in zip(c, s)]) == g
-    # and end to end through the real embedded Qdrant collection the alias points at
-    assert [prod["search"](q, k=10) for q in qs] == [g[:10] for g in gate_ranked]
-    prod["qdrant"].close()
+    reranker = load_reranker(job.path, ingested_settings.train.device, ingested_settings.train.trust_remote_code)
+    gate_ranked = rerank(reranker, corpus, qs, cands, first=sims, weight=w)
+    # production's client, from the manifest alone, through the real embedded Qdrant collection it names
+    with Retriever(ingested_settings.manifest_path, device="cpu", watch=False) as client:
+        assert (client.manifest.reranker.fusion_weight, client.manifest.reranker.rerank_depth) == (w, 20)
+        assert [client.search(q, k=10).ids for q in qs] == [g[:10] for g in gate_ranked]

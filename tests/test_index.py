@@ -56,7 +56,10 @@ def test_build_search_reindex_with_a_second_model_and_rollback(settings, engine,
     hits = search(engine, settings, corpus[7]["text"], k=3)  # loads the fine-tuned embedder of the alias
     assert hits[0][0] == corpus[7]["id"] and hits[0][2]["model_version"] == v1
     manifest = json.loads(settings.manifest_path.read_text())
-    assert manifest["collection"] == "chunks__v2" and manifest["embedder"] == {"version": v1, "path": finetuned_minilm}
+    assert manifest["collection"] == "chunks__v2"
+    # a model outside the manifest's folder keeps its absolute path; the export inside it is relative
+    assert manifest["embedder"] == {"version": v1, "path": finetuned_minilm, "documents_version": v1}
+    assert manifest["qdrant"] == {"path": "serving/chunks__v2"}
 
     back = rollback_index(engine, settings)
     assert back == {"collection": "chunks__v1", "previous": "chunks__v2", "embedder_version": 0}
@@ -106,14 +109,17 @@ def test_manifest_is_replaced_atomically(settings, engine, corpus, minilm):
 
 
 def test_failing_on_promote_is_logged_and_reported(settings, engine, corpus, minilm):
-    settings.serving.on_promote = ["sh", "-c", 'echo "reload refused for $0" >&2; exit 3']
+    settings.serving.on_promote = ["sh", "-c", 'echo "reload refused for $RAGLOOP_MANIFEST ($0)" >&2; exit 3',
+                                   "{manifest}"]
     with capture_logs() as cap:
         build_index(engine, settings, model=minilm)
     failed = [e for e in cap if e["event"] == "serving.on_promote_failed"]
     assert len(failed) == 1 and failed[0]["returncode"] == 3
     hook = collect_status(engine)["serving"]["on_promote"]
     assert hook["ok"] is False and hook["returncode"] == 3
-    assert str(settings.manifest_path) in hook["stderr"]  # the manifest path was passed as the argument
+    # the path reaches the hook in $RAGLOOP_MANIFEST and where "{manifest}" stands, and is not appended
+    assert f"for {settings.manifest_path} ({settings.manifest_path})" in hook["stderr"]
+    assert hook["command"][-1] == str(settings.manifest_path) and len(hook["command"]) == 4
     settings.serving.on_promote = ["true"]
     build_index(engine, settings, model=minilm)
     assert collect_status(engine)["serving"]["on_promote"]["ok"] is True

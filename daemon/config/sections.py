@@ -169,9 +169,15 @@ class ServingSettings(Section):
     manifest_path: str = Field(
         "", description="where the serving manifest (JSON) is written after every swap; empty means <state_dir>/serving.json"
     )
+    manifest_group: str = Field(
+        "", description="group the manifest is given to (chgrp), so a service running as another user in that group "
+        "can read it; empty: the daemon's own group (ragloop under the systemd unit)"
+    )
     on_promote: list[str] = Field(
         default_factory=list,
-        description='command run after every swap with the manifest path appended, e.g. ["systemctl", "reload", "rag-api"]',
+        description='command run after every swap, with $RAGLOOP_MANIFEST set and "{manifest}" in an argument replaced '
+        'by the manifest path, e.g. ["curl", "-fsS", "-X", "POST", "http://127.0.0.1:8080/reload"]; not needed by a '
+        "service on ragloop_client, which follows the manifest itself",
     )
     on_promote_timeout_s: float = Field(60.0, gt=0, description="seconds before on_promote is killed")
 

@@ -6,7 +6,8 @@ w = 0 is the embedder alone, w = 1 the reranker alone. A reranker's w is chosen 
 a validation split carved from the train split (never a held-out query), from WEIGHTS, which always
 holds 0: so a promoted pipeline cannot be worse on validation than no reranker, and a weak reranker
 gets a small weight instead of wrecking a good first stage. The gate scores the fused pipeline with
-that w, the serving manifest carries it, and README shows production the same few lines.
+that w, the serving manifest carries it, and production ranks with the same functions (ragloop_client.fusion,
+re-exported here).
 """
 
 from __future__ import annotations
@@ -14,22 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from ragloop_client.fusion import fused_order, minmax, pipeline_order
+
+__all__ = ["WEIGHTS", "minmax", "fused_order", "pipeline_order", "choose_weight", "model_weight"]
 
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
-
-
-def minmax(x) -> np.ndarray:
-    """Scores scaled to [0, 1] within one query's candidates (all zeros when they are all equal)."""
-    x = np.asarray(x, dtype=np.float64)
-    span = x.max() - x.min() if x.size else 0.0
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
-
-
-def fused_order(first, cross, weight: float) -> np.ndarray:
-    """Candidate indices, best first, by the fused score (ties keep first-stage order)."""
-    fused = (1.0 - weight) * minmax(first) + weight * minmax(cross)
-    return np.argsort(-fused, kind="stable")
 
 
 def choose_weight(metric_by_weight: dict[float, float]) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.models.encoding import encode_queries
-from daemon.models.fusion import WEIGHTS, fused_order
+from daemon.models.fusion import WEIGHTS, pipeline_order
 from daemon.models.metrics import score
 from daemon.models.vectors import Corpus
 
@@ -57,9 +57,7 @@ def fuse_rankings(candidates: list[list[str]], first: list[np.ndarray] | None, c
     when ``first`` is None."""
     if weight <= 0:
         return candidates
-    alone = first is None or weight >= 1
-    orders = [np.argsort(-c, kind="stable") if alone else fused_order(f, c, weight)
-              for f, c in zip(first or [None] * len(cross), cross)]
+    orders = [pipeline_order(f, c, weight) for f, c in zip(first or [None] * len(cross), cross)]
     return [[cands[j] for j in order] for cands, order in zip(candidates, orders)]
 
 

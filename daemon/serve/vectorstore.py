@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import structlog
@@ -156,3 +158,53 @@ def _connect(settings: Settings):
                     "for concurrent access"
                 ) from None
             time.sleep(0.2)
+
+
+def export_dir(settings: Settings) -> Path:
+    """Where embedded collections are exported for readers: one Qdrant store per serving collection."""
+    return settings.state_dir / "serving"
+
+
+def export_collection(settings: Settings, collection: str, batch: int = 512) -> Path:
+    """Copy ``collection`` from the embedded Qdrant into a store of its own under `export_dir` (once; it is never
+    written again), so a production process can read a private copy of it while ragloop holds its own store.
+    Written into a temporary folder and renamed: a reader never sees half an export."""
+    from qdrant_client import QdrantClient, models
+
+    dest = export_dir(settings) / collection
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(f".{collection}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open_vectors(settings) as vs:
+        params = vs.client.get_collection(collection).config.params.vectors
+        out = QdrantClient(path=str(tmp))
+        try:
+            out.create_collection(collection, vectors_config=models.VectorParams(size=params.size,
+                                                                                 distance=params.distance))
+            offset = None
+            while True:
+                points, offset = vs.client.scroll(collection, limit=batch, offset=offset, with_payload=True,
+                                                  with_vectors=True)
+                if points:
+                    out.upsert(collection, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload)
+                                            for p in points], wait=True)
+                if offset is None:
+                    break
+        finally:
+            out.close()
+    os.replace(tmp, dest)
+    log.info("serving.exported", collection=collection, path=str(dest))
+    return dest
+
+
+def prune_exports(settings: Settings, keep: set[str]) -> list[str]:
+    """Delete exported stores of collections that are gone (neither serving nor kept for rollback)."""
+    root = export_dir(settings)
+    dropped = [p.name for p in root.iterdir() if p.is_dir() and p.name not in keep] if root.is_dir() else []
+    for name in dropped:
+        shutil.rmtree(root / name, ignore_errors=True)
+    if dropped:
+        log.info("serving.exports_pruned", dropped=dropped)
+    return dropped

@@ -22,7 +22,7 @@ from daemon.config import Settings, load_settings
 from daemon.errors import RagloopError
 from daemon.ingest.reader import ingest_once
 from daemon.models import registry
-from daemon.serve.vectorstore import open_vectors
+from daemon.serve import open_vectors, republish_if_stale
 from daemon.service.cycle import cycle_due, run_cycle
 from daemon.service.lock import InstanceLock
 from daemon.service.systemd import Notifier
@@ -57,6 +57,7 @@ class Daemon:
         with open_vectors(self.settings):
             pass  # reachable (server) or openable (embedded); closed again so search/status can use it
         registry.ensure_base_embedder(self.engine, self.settings)
+        republish_if_stale(self.engine, self.settings)  # a manifest an older release wrote: its clients' format
         if self.settings.service.metrics_addr:
             from daemon.observe.prometheus import Metrics, serve_metrics
 
