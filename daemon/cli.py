@@ -15,6 +15,7 @@ from daemon.models.registry import EMBEDDER, KINDS, RERANKER
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragloop", description="Close the loop on a production RAG system's misses.")
     p.add_argument("-c", "--config", help="config file (default: $RAGLOOP_CONFIG, else ./config.toml if present)")
+    p.add_argument("--version", action="version", version=f"ragloop {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     ing = sub.add_parser("ingest", help="read new feedback log lines once and print a summary")
@@ -38,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     index.add_parser("rollback", help="point the alias back at the previous collection (and its embedder)")
     index.add_parser("list", help="collections ragloop built, and which one serves")
 
-    se = sub.add_parser("search", help="embed a query with the serving model and search the alias")
-    se.add_argument("query")
+    se = sub.add_parser("search", help="rank chunks for queries as production does (ragloop_client on the manifest)")
+    se.add_argument("queries", nargs="+", metavar="QUERY", help='one or more queries; "-" reads one per line from '
+                    "stdin (the models load once)")
     se.add_argument("-k", type=int, default=10)
-    se.add_argument("--json", action="store_true")
+    se.add_argument("--json", action="store_true", help="one JSON object per query")
 
     tr = sub.add_parser("train", help="fine-tune the embedder and/or reranker and register candidates")
     which = tr.add_mutually_exclusive_group()
@@ -97,8 +99,29 @@ def _config_path(arg: str | None) -> str | None:
     return "config.toml" if Path("config.toml").exists() else None
 
 
+def _config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept -c/--config after any subcommand too (`ragloop status -c FILE`), not only before it. SUPPRESS: a
+    subcommand that is not given one leaves the one given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _config_anywhere(child)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ragloop")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    _config_anywhere(parser)
+    args = parser.parse_args(argv)
     try:
         return _dispatch(args)
     except RagloopError as exc:
@@ -106,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`ragloop search --json | head`): quiet, as a shell tool is; stdout points at
+        # /dev/null so the interpreter's flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -279,17 +307,31 @@ def _eval(args, settings, engine) -> int:
 
 
 def _search(args, settings, engine) -> int:
-    from daemon.serve import search
+    from ragloop_client import ManifestError, Retriever
 
-    hits = search(engine, settings, args.query, args.k)
-    if args.json:
-        print(json.dumps([{"rank": i + 1, "chunk_id": c, "score": round(s, 4), "doc": p.get("doc"),
-                           "text": p.get("text")} for i, (c, s, p) in enumerate(hits)]))
-        return 0
     from daemon.observe import table
+    from daemon.serve import IndexBuildError
 
-    print(table(["rank", "score", "chunk", "text"],
-                [[i + 1, f"{s:.3f}", c, " ".join(str(p.get("text", "")).split())[:60]] for i, (c, s, p) in enumerate(hits)]))
+    if not settings.manifest_path.exists():
+        raise IndexBuildError("nothing is indexed yet: run `ragloop index build`")
+    try:
+        device = None if settings.train.device == "auto" else settings.train.device
+        client = Retriever(settings.manifest_path, device=device, watch=False)
+    except ManifestError as exc:
+        raise IndexBuildError(str(exc)) from None
+    with client:
+        queries = (line.strip() for line in sys.stdin) if args.queries == ["-"] else iter(args.queries)
+        for query in filter(None, queries):
+            r = client.search(query, args.k)
+            if args.json:
+                print(json.dumps({"query": query, "version": r.version, "hits": [
+                    {"rank": i + 1, "chunk_id": h.chunk_id, "score": round(h.score, 4), "doc": h.payload.get("doc"),
+                     "text": h.text} for i, h in enumerate(r.hits)]}), flush=True)
+                continue
+            print(f"{query}  ({r.version})")
+            print(table(["rank", "score", "chunk", "text"],
+                        [[i + 1, f"{h.score:.3f}", h.chunk_id, " ".join(h.text.split())[:60]] for i, h in enumerate(r.hits)]),
+                  flush=True)
     return 0
 
 

@@ -1,6 +1,8 @@
 """The command line on bad arguments: every command answers with one `ragloop: ...` line that says what to do
 and a non-zero exit code, never a traceback; and nothing is written by a refused command."""
 
+import json
+
 import pytest
 
 from daemon.cli import main
@@ -64,3 +66,47 @@ def test_a_reranker_path_that_is_no_model_is_refused_as_an_embedder_path_is(tmp_
         (tmp_path / kind).mkdir()
         with pytest.raises(ModelError, match=f"cannot load {kind} "):
             load(str(tmp_path / kind), "cpu")  # a folder, but no model in it
+
+
+def test_config_is_taken_after_the_subcommand_too_and_version_answers(config, tmp_path, capsys, monkeypatch):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # no ./config.toml to fall back on
+    assert main(["status", "-c", config]) == 0
+    assert "never ran on this store" in capsys.readouterr().out and not (cwd / "state").exists()
+    assert main(["corpus", "load", "-c", config, str(tmp_path / "none.jsonl")]) != 0
+    assert "none.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("ragloop ")
+
+
+@pytest.mark.slow
+def test_search_loads_once_for_many_queries_and_a_closed_pipe_exits_quietly(config, tmp_path, minilm):
+    import subprocess
+    import sys
+
+    from daemon.config import load_settings
+    from daemon.serve import build_index
+
+    from helpers import example_chunks
+
+    settings = load_settings(config)
+    engine = open_store(settings.store_url)
+    from daemon.data import upsert_chunks
+
+    upsert_chunks(engine, example_chunks(40), mark_missing_removed=False)
+    build_index(engine, settings, model=minilm)
+    engine.dispose()
+    cli = [sys.executable, "-m", "daemon.cli", "search", "-c", config, "--json", "-k", "10", "-"]
+    queries = "".join(f"how do I change setting {i}?\n" for i in range(40))
+    proc = subprocess.Popen(cli, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(queries.encode())
+    proc.stdin.close()
+    first = proc.stdout.readline()
+    proc.stdout.close()  # `| head -1`
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert json.loads(first)["query"] == "how do I change setting 0?" and len(json.loads(first)["hits"]) == 10
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Loading weights" not in err, err

@@ -1,0 +1,123 @@
+"""FeedbackLog: the retrieval log ragloop ingests, written safely from many threads and processes.
+
+Every line is one JSON object in ragloop's v1 format (daemon/data/schemas/feedback-v1.schema.json), checked
+before it is written, and written with a single ``write`` on a file opened with ``O_APPEND``: lines from any
+number of processes interleave whole, never torn. Before each write the path is checked the way ``logging``'s
+WatchedFileHandler does: when logrotate (``create`` mode) has moved the file away, the next line goes to the
+new file at the path, so no line is written to a file ragloop has stopped reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ragloop_client.retriever import SearchResult
+
+
+class FeedbackLog:
+    """Append retrieval events for ragloop to ingest.
+
+    Args:
+        path: the log file (one of ragloop's ``ingest.paths``).
+        source: written as each line's ``source`` (which application or tenant logged it), unless given per line.
+        mode: permissions of a file this log creates (logrotate's ``create`` sets them on rotation).
+    """
+
+    def __init__(self, path: str | Path, *, source: str | None = None, mode: int = 0o640):
+        self.path, self.source, self.mode = Path(path), source, mode
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def log(self, query: str, retrieved_ids: Sequence[str], expected_ids: Sequence[str], *,
+            retrieved_scores: Sequence[float] | None = None, request_id: str | None = None,
+            source: str | None = None, ts: datetime | None = None, **extra: Any) -> dict[str, Any]:
+        """Write one retrieval event: what production retrieved for ``query`` and which chunks answer it.
+
+        Returns the event as written. Raises ValueError, naming the field, for an event ragloop would
+        quarantine (nothing is written then).
+        """
+        event = {"ts": _timestamp(ts), "query": query, "expected_ids": list(expected_ids),
+                 "retrieved_ids": list(retrieved_ids)}
+        if retrieved_scores is not None:
+            event["retrieved_scores"] = [float(s) for s in retrieved_scores]
+        if request_id is not None:
+            event["request_id"] = request_id
+        if (source := source or self.source) is not None:
+            event["source"] = source
+        event.update(extra)
+        _check(event)
+        self._write((json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        return event
+
+    def log_result(self, result: SearchResult, expected_ids: Sequence[str], **kw: Any) -> dict[str, Any]:
+        """`log` for a `Retriever.search` answer: its ids and scores, and the version that ranked them."""
+        kw.setdefault("serving_version", result.version)
+        return self.log(result.query, result.ids, expected_ids, retrieved_scores=result.scores, **kw)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = self._id = None
+
+    def __enter__(self) -> FeedbackLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            fd = self._open()
+            written = os.write(fd, data)
+            if written != len(data):  # a full disk: say so rather than leave half a line
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes (disk full?)")
+
+    def _open(self) -> int:
+        """The descriptor for the file now at ``path``: reopened when rotation moved or removed the old one."""
+        try:
+            st = os.stat(self.path)
+            current = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self._fd is not None and current == self._id:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        st = os.fstat(self._fd)
+        self._id = (st.st_dev, st.st_ino)
+        return self._fd
+
+
+def _timestamp(ts: datetime | None) -> str:
+    ts = ts or datetime.now(timezone.utc)
+    if ts.tzinfo is None:
+        raise ValueError("ts must carry a timezone (ragloop reads RFC 3339 with an offset)")
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check(event: dict[str, Any]) -> None:
+    """The v1 schema's rules, in the words of what to fix."""
+    if not isinstance(event["query"], str) or not event["query"].strip():
+        raise ValueError("query must be a non-empty string")
+    for key in ("expected_ids", "retrieved_ids"):
+        ids = event[key]
+        if not all(isinstance(i, str) and i for i in ids):
+            raise ValueError(f"{key} must be non-empty strings (chunk ids), got {ids!r}")
+    if not event["expected_ids"]:
+        raise ValueError("expected_ids must name at least one chunk that answers the query")
+    scores = event.get("retrieved_scores")
+    if scores is not None and len(scores) != len(event["retrieved_ids"]):
+        raise ValueError(f"retrieved_scores has {len(scores)} scores for {len(event['retrieved_ids'])} retrieved_ids")
+    for key in ("request_id", "source"):
+        if event.get(key) is not None and not isinstance(event[key], str):
+            raise ValueError(f"{key} must be a string")
