@@ -50,7 +50,9 @@ def build_manifest(engine: Engine, settings: Settings, collection: str, embedder
     if settings.qdrant.url:
         qdrant = {"url": settings.qdrant.url, "api_key_env": QDRANT_KEY_ENV}
     else:
-        qdrant = {"path": relative_to(export_collection(settings, collection), root)}
+        with engine.connect() as conn:
+            built = conn.scalar(sa.select(iv_t.c.created_at).where(iv_t.c.collection == collection))
+        qdrant = {"path": relative_to(export_collection(settings, collection, str(built)), root)}
     return {
         "format": MANIFEST_FORMAT,
         "alias": settings.qdrant.alias,

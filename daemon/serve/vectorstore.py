@@ -9,6 +9,7 @@ unreachable URL fails at start with a clear message.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -165,15 +166,19 @@ def export_dir(settings: Settings) -> Path:
     return settings.state_dir / "serving"
 
 
-def export_collection(settings: Settings, collection: str, batch: int = 512) -> Path:
+def export_collection(settings: Settings, collection: str, identity: str, batch: int = 512) -> Path:
     """Copy ``collection`` from the embedded Qdrant into a store of its own under `export_dir` (once; it is never
     written again), so a production process can read a private copy of it while ragloop holds its own store.
-    Written into a temporary folder and renamed: a reader never sees half an export."""
+    Written into a temporary folder and renamed: a reader never sees half an export. ``identity`` (when the
+    collection was built) is kept beside it: an export of an earlier collection of the same name (a store
+    started afresh in the same state directory) is replaced, not served."""
     from qdrant_client import QdrantClient, models
 
     dest = export_dir(settings) / collection
-    if dest.is_dir():
+    marker = dest.with_name(f"{collection}.json")
+    if dest.is_dir() and marker.exists() and json.loads(marker.read_text()).get("identity") == identity:
         return dest
+    shutil.rmtree(dest, ignore_errors=True)
     tmp = dest.with_name(f".{collection}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +200,7 @@ def export_collection(settings: Settings, collection: str, batch: int = 512) -> 
         finally:
             out.close()
     os.replace(tmp, dest)
+    marker.write_text(json.dumps({"collection": collection, "identity": identity}))
     log.info("serving.exported", collection=collection, path=str(dest))
     return dest
 
@@ -205,6 +211,7 @@ def prune_exports(settings: Settings, keep: set[str]) -> list[str]:
     dropped = [p.name for p in root.iterdir() if p.is_dir() and p.name not in keep] if root.is_dir() else []
     for name in dropped:
         shutil.rmtree(root / name, ignore_errors=True)
+        (root / f"{name}.json").unlink(missing_ok=True)
     if dropped:
         log.info("serving.exports_pruned", dropped=dropped)
     return dropped
