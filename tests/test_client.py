@@ -249,3 +249,47 @@ def test_the_client_installs_alone_and_serves_from_a_real_manifest(settings, eng
         assert got["ids"] == here.search("text of c7", k=3).ids and got["ids"][0] == "c7"
         assert got["version"] == here.version
     assert "Loading weights" not in out.stderr  # no progress bars in a service's log
+
+
+@pytest.mark.slow
+def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_ingests(settings, engine, minilm, tmp_path):
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    upsert_chunks(engine, example_chunks(30), mark_missing_removed=False)
+    build_index(engine, settings, model=minilm)
+    log = tmp_path / "logs" / "feedback.jsonl"
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "rag_service.py"), "--manifest",
+                             str(settings.manifest_path), "--log", str(log), "--port", "0", "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the service exited"
+        base = re.search(r"(http://\S+)", line).group(1)
+        target = example_chunks(30)[4]
+        q = urllib.parse.quote(target["text"][:60])
+        answer = json.loads(urllib.request.urlopen(f"{base}/search?q={q}&k=5").read())
+        assert answer["hits"][0]["chunk_id"] == target["id"] and len(answer["hits"]) == 5
+        label = json.dumps({"request_id": answer["request_id"], "expected_ids": [target["id"]]}).encode()
+        req = urllib.request.Request(f"{base}/feedback", data=label, headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req).status == 204
+        with pytest.raises(urllib.error.HTTPError) as again:  # the same label twice is refused: logged once
+            urllib.request.urlopen(urllib.request.Request(f"{base}/feedback", data=label))
+        assert again.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(f"{base}/search?k=5")
+        assert bad.value.code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    event = json.loads(log.read_text())
+    jsonschema.validate(event, SCHEMA)
+    assert event["retrieved_ids"] == [h["chunk_id"] for h in answer["hits"]]
+    assert event["serving_version"] == answer["version"] and event["request_id"] == answer["request_id"]
+    settings.ingest.paths = [str(log)]
+    assert ingest_once(engine, settings).events == 1 and stored_request_ids(engine) == [answer["request_id"]]
