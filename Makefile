@@ -5,7 +5,7 @@ CONFIG ?= config.toml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run status test test-fast bench-ingest setup clean
+.PHONY: run serve status test test-fast bench-ingest setup clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/ragloop -c $(CONFIG) corpus load bench/data/examples/corpus.jsonl
 	$(VENV)/bin/ragloop -c $(CONFIG) run
+
+# The reference RAG service (examples/rag_service.py) on what `make run` serves, beside the daemon: it follows
+# every promotion and logs labelled retrievals to state/feedback/, which the daemon ingests.
+serve: setup
+	$(PY) examples/rag_service.py --manifest state/serving.json --log state/feedback/service.jsonl
 
 status: setup
 	$(VENV)/bin/ragloop -c $(CONFIG) status
