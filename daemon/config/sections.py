@@ -232,6 +232,17 @@ class ScheduleSettings(Section):
         return v
 
 
+class RetentionSettings(Section):
+    keep_previous: int = Field(
+        2, ge=1, description="model versions per kind kept after they stopped serving, newest first, so `ragloop "
+        "rollback` (which needs the last one) and `ragloop promote --force` have them; older ones are deleted"
+    )
+    keep_rejected_days: float = Field(
+        7.0, ge=0, description="days a rejected (or refitted) candidate's folder is kept for inspection (`ragloop "
+        "eval`), then deleted; 0: at the end of the cycle that rejected it"
+    )
+
+
 class ServiceSettings(Section):
     shutdown_timeout_s: float = Field(60.0, gt=0, description="on SIGTERM, seconds to let running work stop cleanly")
     metrics_addr: str = Field(

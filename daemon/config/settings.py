@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from daemon.config.sections import (GateSettings, IndexSettings, IngestSettings, LogSettings, QdrantSettings,
-                                    ScheduleSettings, ServiceSettings, ServingSettings, StoreSettings, SynthSettings,
+                                    RetentionSettings, ScheduleSettings, ServiceSettings, ServingSettings, StoreSettings, SynthSettings,
                                     Section)
 from daemon.config.training import TrainSettings
 from daemon.errors import ConfigError
@@ -37,6 +37,7 @@ class Settings(Section):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     synth: SynthSettings = Field(default_factory=SynthSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     # Where the file was read from; not a setting.
     source: str = Field("<defaults>", exclude=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from datetime import timedelta
 from typing import Any
 
@@ -79,9 +80,34 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
         "daemon": {"heartbeat": get_state(engine, HEARTBEAT), "schedule": get_state(engine, SCHEDULE)},
         "decisions": decisions,
         "synthesis": _synthesis(engine, settings),
+        "disk_mb": disk_usage(settings) if settings is not None else None,
         "models": [dict(zip(["kind", "version", "status", "base", "heldout_hit@1", "heldout_hit@10", "heldout_mrr@10",
                              "created"], r)) for r in model_rows(engine)[:10]],
     }
+
+
+def disk_usage(settings) -> dict[str, float]:
+    """MB used under the state directory, by part (a SQLite store's file included; PostgreSQL's is not ours)."""
+    state = settings.state_dir
+    parts = {"models": settings.models_dir, "cache": state / "cache", "qdrant": settings.qdrant_path,
+             "serving": state / "serving"}
+    out = {name: _mb(path) for name, path in parts.items()}
+    url = settings.store_url
+    out["store"] = _mb(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else 0.0
+    out["total"] = _mb(state)
+    return out
+
+
+def _mb(path: Path) -> float:
+    if path.is_file():
+        return round(path.stat().st_size / 2**20, 1)
+    total = 0
+    for f in path.rglob("*") if path.is_dir() else ():
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:  # deleted while walking (a cycle prunes as status reads)
+            pass
+    return round(total / 2**20, 1)
 
 
 def _file_lag(row) -> dict[str, Any]:
@@ -129,6 +155,7 @@ def render_status(s: dict[str, Any]) -> str:
         "",
         _render_synthesis(s["synthesis"]),
         "",
+        *(["Disk (MB): " + ", ".join(f"{k} {v:g}" for k, v in s["disk_mb"].items()), ""] if s.get("disk_mb") else []),
         "Log files",
         table(["path", "lines read", "lag bytes", "done"],
               [[f["path"], f["lines"], f["lag_bytes"], "yes" if f["complete"] else ""] for f in s["files"]])

@@ -32,6 +32,9 @@ def promote(engine: Engine, settings: Settings, kind: str, version: int, *, forc
     row = get_version(engine, kind, version)
     if row is None:
         raise RegistryError(f"no {kind} version {version}; `ragloop models` lists the versions there are")
+    if row["status"] == "deleted":
+        raise RegistryError(f"{kind} v{version} was deleted by retention (its folder is gone); raise "
+                            "retention.keep_previous or retention.keep_rejected_days to keep versions longer")
     if kind == EMBEDDER:
         cur = serving_collection(engine, settings)
         builder = get_version(engine, EMBEDDER, cur["embedder_version"]) if cur else None

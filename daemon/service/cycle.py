@@ -37,7 +37,7 @@ from daemon.config import Settings
 from daemon.gate.decision import Decision, choose_embedder, gate
 from daemon.gate.evaluate import Evaluator
 from daemon.gate.heldout import rebalance_heldout, retire_heldout
-from daemon.models import registry
+from daemon.models import apply_retention, registry
 from daemon.models.vectors import cache_dir, prune_vectors
 from daemon.serve import promotion
 from daemon.serve.index import build_index, reindex_estimate_s, serving_collection
@@ -62,6 +62,8 @@ class CycleReport:
     not_trained: list[dict[str, str]] = field(default_factory=list)
     # held-out queries still missing before a candidate can be judged (gate.min_heldout); 0: none
     waiting_for: int = 0
+    # model folders retention deleted at the end of the cycle: {"kind", "version", "reason", "freed_mb"}
+    deleted: list[dict[str, Any]] = field(default_factory=list)
 
     def timed(self, stage: str, kind: str | None, t0: float) -> None:
         self.stages.append({"stage": stage, "kind": kind, "seconds": round(time.monotonic() - t0, 3)})
@@ -125,6 +127,7 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
     # embedder's are what the next cycle's mining and gate start from
     serving = registry.serving(engine, registry.EMBEDDER)
     prune_vectors(cache_dir(settings), {"embedder-v0", registry.vector_key(serving)})
+    report.deleted = apply_retention(engine, settings)
     return _finish(engine, report, t0)
 
 
