@@ -104,3 +104,10 @@ def test_every_import_of_a_benchmark_resolves_when_run_from_the_repository_root(
         for name in names:
             assert importlib.util.find_spec(name.split(".")[0]) is not None, (
                 f"{path.relative_to(REPO)}:{node.lineno} imports {name}, which does not resolve from the root")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "client" / "ragloop_client").glob("*.py")), ids=lambda p: p.name)
+def test_the_client_never_imports_the_daemon(path):
+    """Production installs ragloop_client alone: it may not reach into daemon (the daemon may use it)."""
+    assert daemon_imports(path) == [], f"{path.relative_to(REPO)} imports the daemon"
+    assert len(path.read_text().splitlines()) <= MAX_LINES
