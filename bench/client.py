@@ -39,7 +39,7 @@ from daemon.data import load_corpus
 from daemon.models import cache_dir, packaged_minilm, registry
 from daemon.serve import build_index, promote, rollback
 from daemon.store import open_store
-from ragloop_client import Retriever, minmax
+from ragloop_client import Retriever, minmax, read_manifest
 
 
 def fresh_head_reranker(path: Path, seed: int, weight: float) -> str:
@@ -125,14 +125,16 @@ def hot_reload(engine, settings, queries: list[str], k: int, threads: int, swaps
         for name, step in swaps:
             time.sleep(2.0)
             step()
+            t_swap, version = time.monotonic(), read_manifest(manifest).version
+            while client.version != version and time.monotonic() - t_swap < 120:
+                time.sleep(0.02)
+            took = time.monotonic() - t_swap
+            answered = len(answers)
             version, exp = expected_now(manifest, queries, k)
             expected[version] = exp
             served.append(version)
-            t_swap = time.monotonic()
-            while client.version != version and time.monotonic() - t_swap < 120:
-                time.sleep(0.02)
-            report(f"swap {len(served) - 1}: {name} -> {version}, the client serving it "
-                   f"{time.monotonic() - t_swap:.1f}s after the manifest's rewrite ({len(answers)} answers so far)")
+            report(f"swap {len(served) - 1}: {name} -> {version}, served by the client {took:.1f}s after the "
+                   f"manifest's rewrite ({answered} answers so far)")
         time.sleep(2.0)
     finally:
         stop.set()

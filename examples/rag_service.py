@@ -19,43 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
-import uuid
-from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from ragloop_client import FeedbackLog, Retriever, SearchResult
+from ragloop_client import FeedbackLog, RecentAnswers, Retriever
 
 
 class Service:
     def __init__(self, retriever: Retriever, feedback: FeedbackLog, remember: int = 100_000):
-        self.retriever, self.feedback, self.remember = retriever, feedback, remember
-        self.recent: OrderedDict[str, SearchResult] = OrderedDict()
-        self.lock = threading.Lock()
-        self.requests = self.labels = 0
+        self.retriever = retriever
+        self.answers = RecentAnswers(feedback, remember)  # kept by request_id until their label arrives
+        self.requests = 0
 
     def search(self, query: str, k: int) -> dict:
         result = self.retriever.search(query, k)
-        rid = uuid.uuid4().hex
-        with self.lock:
-            self.recent[rid] = result
-            while len(self.recent) > self.remember:
-                self.recent.popitem(last=False)
-            self.requests += 1
+        rid = self.answers.keep(result)
+        self.requests += 1
         return {"request_id": rid, "version": result.version,
                 "hits": [{"chunk_id": h.chunk_id, "score": round(h.score, 4), "text": h.text} for h in result.hits]}
 
     def label(self, request_id: str, expected_ids: list[str]) -> bool:
-        with self.lock:
-            result = self.recent.pop(request_id, None)
-        if result is None:
-            return False
-        self.feedback.log_result(result, expected_ids, request_id=request_id)
-        with self.lock:
-            self.labels += 1
-        return True
+        return self.answers.label(request_id, expected_ids)
 
 
 def handler(service: Service) -> type[BaseHTTPRequestHandler]:
@@ -66,7 +51,7 @@ def handler(service: Service) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             if url.path == "/healthz":
                 return self._json(HTTPStatus.OK, {"version": service.retriever.version, "requests": service.requests,
-                                                  "labels": service.labels})
+                                                  "labels": service.answers.labelled})
             if url.path != "/search":
                 return self._json(HTTPStatus.NOT_FOUND, {"error": "GET /search?q=...&k=10 or /healthz"})
             qs = parse_qs(url.query)

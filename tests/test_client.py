@@ -293,3 +293,30 @@ def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_inges
     assert event["serving_version"] == answer["version"] and event["request_id"] == answer["request_id"]
     settings.ingest.paths = [str(log)]
     assert ingest_once(engine, settings).events == 1 and stored_request_ids(engine) == [answer["request_id"]]
+
+
+def test_langchain_and_llamaindex_retrievers_serve_the_client_and_log_later_labels(settings, engine, minilm, tmp_path):
+    from ragloop_client import RecentAnswers
+    from ragloop_client.langchain import RagloopRetriever as LangChainRetriever
+    from ragloop_client.llama_index import RagloopRetriever as LlamaIndexRetriever
+
+    write_corpus(engine, [f"c{i}" for i in range(20)])
+    build_index(engine, settings, model=minilm)
+    log = FeedbackLog(tmp_path / "f.jsonl")
+    with Retriever(settings.manifest_path, device="cpu", watch=False) as client:
+        want = client.search("text of c7", k=3)
+        lc = LangChainRetriever(client=client, k=3, answers=RecentAnswers(log))
+        docs = lc.invoke("text of c7")
+        assert [d.metadata["chunk_id"] for d in docs] == want.ids and docs[0].page_content == "text of c7"
+        assert docs[0].metadata["ragloop_version"] == want.version
+        li = LlamaIndexRetriever(client, k=3, answers=RecentAnswers(log))
+        nodes = li.retrieve("text of c7")
+        assert [n.node.node_id for n in nodes] == want.ids and [n.score for n in nodes] == pytest.approx(want.scores)
+        assert lc.answers.label(docs[0].metadata["request_id"], ["c7"])
+        assert li.answers.label(nodes[0].node.metadata["request_id"], ["c7"])
+        assert not li.answers.label(nodes[0].node.metadata["request_id"], ["c7"])  # once
+    log.close()
+    events = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [e["retrieved_ids"] for e in events] == [want.ids, want.ids] and all(e["expected_ids"] == ["c7"] for e in events)
+    for e in events:
+        jsonschema.validate(e, SCHEMA)
