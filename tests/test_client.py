@@ -25,6 +25,8 @@ from ragloop_client import FeedbackLog, ManifestError, Retriever, read_manifest
 
 from helpers import REPO, example_chunks, stored_request_ids, write_corpus
 
+# Store-independent checks run on SQLite only (the store paths they touch are tested on both elsewhere).
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 SCHEMA = json.loads((REPO / "daemon" / "data" / "schemas" / "feedback-v1.schema.json").read_text())
 BENCH = REPO / "bench" / "data"
 
@@ -54,6 +56,7 @@ def untrained_reranker(tmp_path: Path, weight: float) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("benchmark", ["examples", "perlfaq"])
+@SQLITE_ONLY
 def test_the_client_ranks_exactly_as_the_gate_on_both_benchmarks(settings, engine, minilm, tmp_path, benchmark):
     chunks, questions = benchmark_slice(benchmark)
     upsert_chunks(engine, chunks, mark_missing_removed=False)
@@ -105,6 +108,7 @@ def test_the_manifest_is_readable_movable_and_never_holds_the_key(settings, engi
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_hot_reload_under_concurrent_queries_never_fails_or_mixes_versions(settings, engine, minilm, finetuned_minilm,
                                                                          damaged_minilm):
     """4 threads query while 3 promotions and a rollback rewrite the manifest: every answer must be exactly the
@@ -226,6 +230,7 @@ def test_feedback_lines_follow_the_v1_schema_and_bad_events_are_refused(tmp_path
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_the_client_installs_alone_and_serves_from_a_real_manifest(settings, engine, minilm, tmp_path):
     """A fresh virtualenv with only the client and what it needs: none of the daemon's dependencies."""
     write_corpus(engine, [f"c{i}" for i in range(20)])
@@ -252,6 +257,7 @@ def test_the_client_installs_alone_and_serves_from_a_real_manifest(settings, eng
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_ingests(settings, engine, minilm, tmp_path):
     import re
     import urllib.error
@@ -295,6 +301,7 @@ def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_inges
     assert ingest_once(engine, settings).events == 1 and stored_request_ids(engine) == [answer["request_id"]]
 
 
+@SQLITE_ONLY
 def test_langchain_and_llamaindex_retrievers_serve_the_client_and_log_later_labels(settings, engine, minilm, tmp_path):
     from ragloop_client import RecentAnswers
     from ragloop_client.langchain import RagloopRetriever as LangChainRetriever
