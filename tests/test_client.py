@@ -278,16 +278,20 @@ def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_inges
         base = re.search(r"(http://\S+)", line).group(1)
         target = example_chunks(30)[4]
         q = urllib.parse.quote(target["text"][:60])
-        answer = json.loads(urllib.request.urlopen(f"{base}/search?q={q}&k=5").read())
+        with urllib.request.urlopen(f"{base}/search?q={q}&k=5") as resp:
+            answer = json.loads(resp.read())
         assert answer["hits"][0]["chunk_id"] == target["id"] and len(answer["hits"]) == 5
         label = json.dumps({"request_id": answer["request_id"], "expected_ids": [target["id"]]}).encode()
         req = urllib.request.Request(f"{base}/feedback", data=label, headers={"Content-Type": "application/json"})
-        assert urllib.request.urlopen(req).status == 204
+        with urllib.request.urlopen(req) as resp:
+            assert resp.status == 204
         with pytest.raises(urllib.error.HTTPError) as again:  # the same label twice is refused: logged once
             urllib.request.urlopen(urllib.request.Request(f"{base}/feedback", data=label))
+        again.value.close()
         assert again.value.code == 404
         with pytest.raises(urllib.error.HTTPError) as bad:
             urllib.request.urlopen(f"{base}/search?k=5")
+        bad.value.close()
         assert bad.value.code == 400
     finally:
         proc.terminate()

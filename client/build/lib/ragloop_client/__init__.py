@@ -8,11 +8,12 @@
 """
 
 from ragloop_client.feedback import FeedbackLog
+from ragloop_client.labels import RecentAnswers
 from ragloop_client.fusion import fused_order, minmax, pipeline_order
 from ragloop_client.manifest import FORMAT, EmbedderRef, Manifest, ManifestError, RerankerRef, read_manifest
 from ragloop_client.retriever import Hit, Pipeline, Retriever, SearchResult
 
 __version__ = "0.1.0"
-__all__ = ["Retriever", "SearchResult", "Hit", "Pipeline", "FeedbackLog", "Manifest", "ManifestError",
+__all__ = ["Retriever", "SearchResult", "Hit", "Pipeline", "FeedbackLog", "RecentAnswers", "Manifest", "ManifestError",
            "EmbedderRef", "RerankerRef", "read_manifest", "FORMAT", "minmax", "fused_order", "pipeline_order",
            "__version__"]
