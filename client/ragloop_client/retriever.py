@@ -175,7 +175,7 @@ class Retriever:
         try:
             return pipe.search(query, k)
         finally:
-            self._release(pipe)
+            self._let_go(pipe, search_ended=True)
 
     def reload(self, force: bool = False) -> bool:
         """Load the manifest if it changed (or ``force``) and swap it in. Returns whether the version changed.
@@ -200,11 +200,8 @@ class Retriever:
                 return False
             with self._lock:
                 old, self._current = self._current, fresh
-                old.retired = True
-                close_now = old.refs == 0
             self._signature, self.last_error = sig, None
-            if close_now:
-                old.close()
+            self._let_go(old)
             log.info("ragloop_client: serving %s (was %s)", fresh.manifest.version, old.manifest.version)
             return True
 
@@ -212,12 +209,7 @@ class Retriever:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
-        with self._lock:
-            pipe = self._current
-            pipe.retired = True
-            close_now = pipe.refs == 0
-        if close_now:
-            pipe.close()
+        self._let_go(self._current)
 
     def __enter__(self) -> Retriever:
         return self
@@ -225,9 +217,13 @@ class Retriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _release(self, pipe: Pipeline) -> None:
+    def _let_go(self, pipe: Pipeline, search_ended: bool = False) -> None:
+        """Retire ``pipe`` (or end one of its searches); it is closed once retired and no search uses it."""
         with self._lock:
-            pipe.refs -= 1
+            if search_ended:
+                pipe.refs -= 1
+            else:
+                pipe.retired = True
             close_now = pipe.retired and pipe.refs == 0
         if close_now:
             pipe.close()
