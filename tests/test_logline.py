@@ -67,8 +67,36 @@ def test_not_json_and_not_object():
         parse_event(b"[1]", LIM)
 
 
+def test_a_retrieval_without_expected_ids_is_unlabeled_until_its_label_line():
+    later = {k: v for k, v in GOOD.items() if k != "expected_ids"}
+    ev = parse_event(json.dumps({**later, "request_id": "r1"}), LIM)
+    assert (ev.kind, ev.rank, ev.expected_ids, ev.request_id) == ("unlabeled", None, [], "r1")
+    label = parse_event(json.dumps({"ts": "2026-11-21T10:05:00Z", "request_id": "r1", "expected_ids": ["a"]}), LIM)
+    assert label == logline.Label("2026-11-21 10:05:00.000000", "r1", ["a"], None)
+
+
+@pytest.mark.parametrize("line,reason", [
+    ({"ts": "2026-11-21T10:00:00Z", "query": "q", "retrieved_ids": ["a"]}, 'missing field "expected_ids" (or log'),
+    ({"ts": "2026-11-21T10:00:00Z", "query": "q", "retrieved_ids": ["a"], "request_id": ""}, '"request_id" must be a'),
+    ({"ts": "2026-11-21T10:00:00Z", "query": "q", "expected_ids": ["a"]}, 'missing field "retrieved_ids"'),
+    ({"ts": "2026-11-21T10:00:00Z", "expected_ids": ["a"]}, 'missing field "query" (a label line'),
+    ({"ts": "2026-11-21T10:00:00Z", "request_id": "r"}, 'missing field "query" (a label line'),
+    ({"ts": "2026-11-21T10:00:00Z", "request_id": "r", "expected_ids": ["zzz"]}, "unknown expected id 'zzz'"),
+    ({"ts": "2026-11-21T10:00:00Z", "request_id": "r", "expected_ids": []}, "at least 1 chunk id"),
+    ({"ts": "2026-11-21", "request_id": "r", "expected_ids": ["a"]}, "no UTC offset"),
+])
+def test_unlabeled_events_and_labels_say_what_to_fix(line, reason):
+    with pytest.raises(LogLineError, match=reason.replace("(", r"\(").replace('"', '"')):
+        parse_event(json.dumps(line), LIM)
+
+
 def _mutate(rng: random.Random) -> dict:
     obj = dict(GOOD, retrieved_scores=[0.9, 0.8], request_id="r", source="s")
+    shape = rng.random()
+    if shape < 0.2:  # a label line
+        obj = {"ts": obj["ts"], "request_id": "r", "expected_ids": ["a"], "source": "s"}
+    elif shape < 0.4:  # a retrieval whose label comes later
+        del obj["expected_ids"]
     key = rng.choice(list(obj))
     obj[key] = rng.choice([None, 1, 2.5, "", "x", [], ["a"], [1], {}, True, "2026-11-21T10:00:00Z"])
     if rng.random() < 0.3:

@@ -69,7 +69,8 @@ def test_exposition_parses_and_escapes_label_values(settings, engine, tmp_path):
     assert got[("ragloop_events_total", (("kind", "hit"),))] + got[("ragloop_events_total", (("kind", "miss"),))] == 12
     assert got[("ragloop_ingest_lag_bytes", (("file", str(log)),))] == len(lines[1]) + 1
     by_reason = {dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "ragloop_quarantined_lines_total"}
-    assert by_reason == {"not_json": 1, "missing_field": 1, "unknown_ids": 1, "too_large": 0, "bad_value": 0}
+    assert by_reason == {"not_json": 1, "missing_field": 1, "unknown_ids": 1, "too_large": 0, "bad_value": 0,
+                         "label_unmatched": 0}
     assert got[("ragloop_quarantined", ())] == 3
 
     m = Metrics(engine)

@@ -75,6 +75,10 @@ class IngestSettings(Section):
     quarantine_raw_chars: int = Field(
         2000, ge=0, description="how much of a bad line is kept in quarantine; 0 or more"
     )
+    label_wait_s: float = Field(
+        7 * 86400.0, gt=0, description="a label line whose retrieval (the unlabeled event with its request_id) "
+        "has not been read this many seconds after the label is quarantined, with the reason; default 7 days",
+    )
 
 
 _METRIC = Literal["hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10"]

@@ -11,14 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator, NamedTuple
 
+import orjson
+
 from daemon.config import Settings
-from daemon.data.logline import UNKNOWN_ID, Event, Limits, parse_event
+from daemon.data.logline import UNKNOWN_ID, UNLABELED, Event, Label, Limits, parse_event, ts_text
 from daemon.data.pairs import QueryKeys
 from daemon.errors import LogLineError
 from daemon.ingest import pending
 from daemon.store.db import utcnow
 
 EVENT_COLS = ("ts", "query", "raw", "request_id", "source", "kind", "rank", "file", "offset", "line_no", "cursor_id")
+LABEL_COLS = ("request_id", "ts", "expected_ids", "raw", "source", "file", "offset", "line_no", "cursor_id",
+              "created_at")
 
 
 class Prepared(NamedTuple):
@@ -30,7 +34,9 @@ class Prepared(NamedTuple):
     lines: int
     misses: int
     hits: int
+    unlabeled: int
     event_rows: list[tuple[Any, ...]]
+    label_rows: list[tuple[Any, ...]]
     hour_counts: list[tuple[str, str, int]]
     bad_rows: list[dict[str, Any]]
     window: pending.Window  # the reader's: takes this batch's pending id when committed
@@ -40,7 +46,8 @@ class Prepared(NamedTuple):
     def summary(self) -> dict[str, int]:
         """What the report needs of a committed batch (small: a worker sends it to the parent)."""
         return {"start_offset": self.start_offset, "end_offset": self.end_offset, "lines": self.lines,
-                "misses": self.misses, "hits": self.hits, "quarantined": len(self.bad_rows)}
+                "misses": self.misses, "hits": self.hits, "unlabeled": self.unlabeled,
+                "labels": len(self.label_rows), "quarantined": len(self.bad_rows)}
 
 
 @dataclass
@@ -140,10 +147,13 @@ class _Batch:
     def __init__(self, spec: ReadSpec, window: pending.Window, start_offset: int):
         self.spec, self.window, self.start_offset = spec, window, start_offset
         self.rows: list[tuple[Any, ...]] = []  # event_row() of each good line
+        self.labels: list[tuple[Any, ...]] = []  # label_row() of each label line
         self.hours: dict[tuple[str, str], int] = {}
         self.bad: list[dict[str, Any]] = []
         self.misses = 0
+        self.unlabeled = 0
         self.size = 0
+        self._now: str | None = None
 
     def add(self, line: bytes, line_no: int, offset: int) -> None:
         """Parse a line into its event row, its hour count and its pairs (the hot path of ingest)."""
@@ -154,13 +164,20 @@ class _Batch:
         except LogLineError as exc:
             self._bad(line_no, offset, str(exc), line)
             return
+        if type(ev) is Label:
+            self.labels.append(label_row(ev, line.decode("utf-8", "replace").rstrip(), spec.path, offset, line_no,
+                                         spec.cursor_id, self.now))
+            return
         kind = ev.kind
         self.rows.append(event_row(ev, line.decode("utf-8", "replace").rstrip(), spec.path, offset, line_no,
                                    spec.cursor_id))
         hour = (ev.ts[:13], kind)
         self.hours[hour] = self.hours.get(hour, 0) + 1
         self.misses += kind == "miss"
-        self.window.pairs.add_event(ev)
+        if kind == UNLABELED:
+            self.unlabeled += 1  # no pairs until its label is joined
+        else:
+            self.window.pairs.add_event(ev)
 
     def quarantine(self, line_no: int, offset: int, reason: str, line: bytes) -> None:
         self.size += 1
@@ -179,11 +196,23 @@ class _Batch:
         window.lines += self.size
         fold_rows, fold_ids = window.take() if last or window.due() else (None, [])
         return Prepared(self.start_offset, end_offset, end_line, self.size, self.misses,
-                         len(self.rows) - self.misses, self.rows, [(h, k, n) for (h, k), n in self.hours.items()],
-                         self.bad, window,
-                         fold_rows, fold_ids)
+                        len(self.rows) - self.misses - self.unlabeled, self.unlabeled, self.rows, self.labels,
+                        [(h, k, n) for (h, k), n in self.hours.items()], self.bad, window, fold_rows, fold_ids)
+
+    @property
+    def now(self) -> str:
+        """When this batch was read, as stored text (a label's created_at: its wait starts then)."""
+        if self._now is None:
+            self._now = ts_text(utcnow())
+        return self._now
 
 
 def event_row(ev: Event, raw: str, path: str, offset: int, line_no: int, cursor_id: int) -> tuple[Any, ...]:
     """Driver parameters (EVENT_COLS order); ``raw`` is the line as written."""
     return (ev.ts, ev.query, raw, ev.request_id, ev.source, ev.kind, ev.rank, path, offset, line_no, cursor_id)
+
+
+def label_row(label: Label, raw: str, path: str, offset: int, line_no: int, cursor_id: int, now: str) -> tuple[Any, ...]:
+    """Driver parameters (LABEL_COLS order)."""
+    return (label.request_id, label.ts, orjson.dumps(label.expected_ids).decode(), raw, label.source, path, offset,
+            line_no, cursor_id, now)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.data.pairs import placeholders, quote
 from daemon.ingest import pending
-from daemon.ingest.batch import EVENT_COLS, Prepared
+from daemon.ingest.batch import EVENT_COLS, LABEL_COLS, Prepared
 from daemon.store.db import IngestCursor, Quarantine, utcnow, write_tx
 
 log = structlog.get_logger(__name__)
@@ -28,6 +28,7 @@ class Committer:
     def __init__(self, engine: Engine, cursor: dict[str, Any], size: int):
         self.engine, self.cursor, self.size = engine, cursor, size
         self.events_sql, self.counts_sql = insert_events_sql(engine.dialect), count_sql(engine.dialect)
+        self.labels_sql = insert_labels_sql(engine.dialect)
 
     def __call__(self, p: Prepared) -> dict[str, int] | None:
         """Write a batch and advance the cursor over it in one transaction, with its pairs either pending
@@ -74,6 +75,8 @@ class Committer:
                 conn.exec_driver_sql(self.events_sql, p.event_rows)
                 if first_id is not None:
                     pending_id = pending.record(conn, self.cursor["id"], first_id, p.start_offset, p.end_offset)
+            if p.label_rows:
+                conn.exec_driver_sql(self.labels_sql, p.label_rows)
             if p.hour_counts:
                 conn.exec_driver_sql(self.counts_sql, p.hour_counts)
             if p.bad_rows:
@@ -86,6 +89,11 @@ class Committer:
 def insert_events_sql(dialect) -> str:
     values = placeholders(dialect, EVENT_COLS, {"raw"}, {"ts"})
     return f"INSERT INTO feedback_events ({', '.join(map(quote, EVENT_COLS))}) VALUES ({values})"
+
+
+def insert_labels_sql(dialect) -> str:
+    values = placeholders(dialect, LABEL_COLS, {"raw", "expected_ids"}, {"ts", "created_at"})
+    return f"INSERT INTO feedback_labels ({', '.join(map(quote, LABEL_COLS))}) VALUES ({values})"
 
 
 def count_sql(dialect) -> str:

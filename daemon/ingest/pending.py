@@ -125,9 +125,14 @@ def recover(engine: Engine, keys: QueryKeys) -> int:
 
 
 def _stored_event(e: Any) -> Event:
-    """The parts of a stored event a pair needs; kind and rank as decided when it was read."""
+    """The parts of a stored event a pair needs; kind and rank as decided when it was read.
+
+    An event read without expected_ids has no pairs here, whether or not a label has completed it since:
+    the join upserted the pairs of a completed one (daemon/ingest/labels.py).
+    """
     raw = e.raw
-    return Event(ts_text(e.ts), e.query, raw["expected_ids"], raw["retrieved_ids"], None, None, None, e.kind, e.rank)
+    return Event(ts_text(e.ts), e.query, raw.get("expected_ids") or [], raw["retrieved_ids"], None, None, None, e.kind,
+                 e.rank)
 
 
 def _slices(seq: list, n: int):

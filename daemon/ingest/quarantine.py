@@ -10,11 +10,12 @@ from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
 from daemon.data.corpus import known_chunk_ids
-from daemon.data.logline import parse_event
+from daemon.data.logline import Label, parse_event, ts_text
 from daemon.data.pairs import PairBatch, QueryKeys
 from daemon.errors import LogLineError
-from daemon.ingest.batch import event_row
-from daemon.ingest.commit import count_sql, insert_events_sql
+from daemon.ingest import labels
+from daemon.ingest.batch import event_row, label_row
+from daemon.ingest.commit import count_sql, insert_events_sql, insert_labels_sql
 from daemon.ingest.reader import limits_from
 from daemon.store.db import IngestCursor, Quarantine, utcnow, write_tx
 
@@ -49,13 +50,19 @@ def retry_quarantine(engine: Engine, settings: Settings, ids: list[int] | None =
                 still_bad += 1
                 continue
             cur_id = conn.scalar(sa.select(cursors_t.c.id).where(cursors_t.c.path == row["file"]).limit(1)) or 0
-            conn.exec_driver_sql(insert_events_sql(conn.dialect),
-                                 [event_row(ev, row["raw"], row["file"], row["offset"], row["line_no"], cur_id)])
-            conn.exec_driver_sql(count_sql(conn.dialect), [(ev.ts[:13], ev.kind, 1)])
-            pairs = PairBatch(keys)
-            pairs.add_event(ev)
-            pairs.write(conn)
+            if type(ev) is Label:  # waits for its retrieval again, from now
+                conn.exec_driver_sql(insert_labels_sql(conn.dialect), [label_row(
+                    ev, row["raw"], row["file"], row["offset"], row["line_no"], cur_id, ts_text(utcnow()))])
+            else:
+                conn.exec_driver_sql(insert_events_sql(conn.dialect),
+                                     [event_row(ev, row["raw"], row["file"], row["offset"], row["line_no"], cur_id)])
+                conn.exec_driver_sql(count_sql(conn.dialect), [(ev.ts[:13], ev.kind, 1)])
+                pairs = PairBatch(keys)
+                pairs.add_event(ev)
+                pairs.write(conn)
             conn.execute(quarantine_t.update().where(quarantine_t.c.id == row["id"]).values(resolved_at=utcnow()))
             resolved += 1
+    if resolved:
+        labels.join(engine, settings, keys)
     log.info("quarantine.retry", resolved=resolved, still_bad=still_bad)
     return {"resolved": resolved, "still_bad": still_bad}

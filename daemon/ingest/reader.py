@@ -36,6 +36,7 @@ from daemon.data.logline import Limits
 from daemon.data.pairs import QueryKeys
 from daemon.ingest import pending
 from daemon.ingest.batch import ReadSpec, batches
+from daemon.ingest import labels
 from daemon.ingest.commit import Committer
 from daemon.ingest.workers import WorkerJob, run_workers
 from daemon.store.db import IngestCursor, utcnow, write_tx
@@ -55,12 +56,14 @@ class IngestReport:
     events: int = 0
     misses: int = 0
     hits: int = 0
+    unlabeled: int = 0  # retrievals stored without a label (a later label line completes them)
+    labels: int = 0  # label lines stored
     quarantined: int = 0
     bytes: int = 0
     skipped_files: list[str] = field(default_factory=list)
 
     def add(self, other: "IngestReport") -> None:
-        for name in ("files", "lines", "events", "misses", "hits", "quarantined", "bytes"):
+        for name in ("files", "lines", "events", "misses", "hits", "unlabeled", "labels", "quarantined", "bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.skipped_files += other.skipped_files
 
@@ -68,14 +71,17 @@ class IngestReport:
         """Account for a committed batch (``Prepared.summary()``)."""
         self.bytes += s["end_offset"] - s["start_offset"]
         self.lines += s["lines"]
-        self.events += s["misses"] + s["hits"]
+        self.events += s["misses"] + s["hits"] + s["unlabeled"]
         self.misses += s["misses"]
         self.hits += s["hits"]
+        self.unlabeled += s["unlabeled"]
+        self.labels += s["labels"]
         self.quarantined += s["quarantined"]
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "skipped_files"}
-        d["miss_rate"] = round(self.misses / self.events, 4) if self.events else None
+        labelled = self.misses + self.hits
+        d["miss_rate"] = round(self.misses / labelled, 4) if labelled else None
         return d
 
 
@@ -106,6 +112,8 @@ def ingest_once(engine: Engine, settings: Settings, files: list[str] | None = No
                 break
             total.add(_ingest_path(engine, settings, limits, path, seen_fingerprints, stop))
         pending.recover(engine, keys)
+        labels.join(engine, settings, keys)  # labels read in this pass or earlier, whose retrieval is now in
+        labels.sweep(engine, settings)
     # An idle pass every few seconds is not news: log it only when it read something.
     (log.info if total.lines or total.skipped_files else log.debug)("ingest.pass", **total.as_dict())
     return total

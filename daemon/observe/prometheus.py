@@ -36,7 +36,8 @@ STAGES = ("ingest", "mining", "training", "gate", "reindex", "promote", "cycle")
 BUCKETS = (0.05, 0.25, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, float("inf"))
 # Quarantine reasons are sentences that name the line's values; these classes keep the label set small.
 REASON_CLASSES = (("not_json", ("not valid JSON%", "expected a JSON object%")), ("too_large", ("line longer than%", "%over ingest.%")),
-                  ("missing_field", ("missing field%",)), ("unknown_ids", (UNKNOWN_ID + "%",)))
+                  ("missing_field", ("missing field%",)), ("unknown_ids", (UNKNOWN_ID + "%",)),
+                  ("label_unmatched", ("label for request_id%",)))
 
 
 def reason_class():
@@ -58,6 +59,12 @@ class StoreCollector(Collector):
         events.add_metric(["miss"], s["misses"])
         events.add_metric(["hit"], s["hits"])
         yield events
+        yield GaugeMetricFamily("ragloop_unlabeled_events", "Retrievals logged without expected_ids whose label line "
+                                "has not been read yet.", value=s["unlabeled"])
+        yield GaugeMetricFamily("ragloop_labels_waiting", "Label lines read whose retrieval has not been read yet.",
+                                value=s["labels"]["waiting"])
+        yield CounterMetricFamily("ragloop_labels_joined", "Label lines that completed their retrieval.",
+                                  value=s["labels"]["joined"])
         miss = GaugeMetricFamily("ragloop_miss_rate", "Share of events that were misses, by window.", labels=["window"])
         for window, rate in [("all", s["miss_rate"])] + [(w, v["miss_rate"]) for w, v in s["windows"].items()]:
             if rate is not None:

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.models.registry import documents_version
-from daemon.store.db import (HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, Chunk, EventCount, GateDecision,
+from daemon.store.db import (HEARTBEAT, HOOK_RESULT, LAST_CYCLE, SCHEDULE, Chunk, EventCount, FeedbackLabel,
+                             GateDecision,
                              IndexVersion, IngestCursor, ModelVersion, PendingPairs, Quarantine, TrainingPair,
                              decision_figures, get_state, utcnow)
 
@@ -32,8 +33,8 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
             rows = dict(conn.execute(
                 sa.select(ec.c.kind, sa.func.sum(ec.c.count)).where(ec.c.hour >= since).group_by(ec.c.kind)
             ).all())
-            n = int(sum(rows.values()))
             misses = int(rows.get("miss", 0))
+            n = misses + int(rows.get("hit", 0))
             windows[name] = {"events": n, "misses": misses, "miss_rate": round(misses / n, 4) if n else None}
         pairs: dict[str, dict[str, int]] = {}
         for split, origin, n in conn.execute(
@@ -55,12 +56,19 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
                       "heldout": _before_after(r.figures)}
                      for r in conn.execute(sa.select(gd).order_by(gd.c.id.desc()).limit(4))]
         idx = conn.execute(sa.select(iv).where(iv.c.status == "serving")).mappings().first()
-    events, misses = int(sum(kinds.values())), int(kinds.get("miss", 0))
+        lb = FeedbackLabel.__table__
+        labels_waiting = conn.scalar(sa.select(sa.func.count()).where(lb.c.event_id.is_(None)))
+        labels_joined = conn.scalar(sa.select(sa.func.count()).where(lb.c.event_id.is_not(None)))
+    misses = int(kinds.get("miss", 0))
+    events = misses + int(kinds.get("hit", 0))
     return {
-        "events": events,
+        "events": events,  # labelled retrievals: hits and misses
         "misses": misses,
         "hits": events - misses,
         "miss_rate": round(misses / events, 4) if events else None,
+        # retrievals logged without expected_ids whose label line has not been read (daemon/ingest/labels.py)
+        "unlabeled": int(kinds.get("unlabeled", 0)),
+        "labels": {"waiting": labels_waiting, "joined": labels_joined},
         "windows": windows,
         "pairs": pairs,
         # Events of committed batches whose pairs a reader still merges in memory (daemon/ingest/pending.py).

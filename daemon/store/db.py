@@ -40,6 +40,10 @@ class Chunk(SQLModel, table=True):
 
 class FeedbackEvent(SQLModel, table=True):
     __tablename__ = "feedback_events"
+    # Retrievals waiting for their label, by request id: the join's lookup (partial: labelled events,
+    # nearly all of them, cost the ingest nothing here).
+    __table_args__ = (sa.Index("ix_feedback_events_unlabeled", "request_id", sqlite_where=sa.text("kind = 'unlabeled'"),
+                               postgresql_where=sa.text("kind = 'unlabeled'")),)
     id: int | None = Field(default=None, primary_key=True)
     ts: datetime = Field(sa_type=sa.DateTime(timezone=True))  # no index: windows read event_counts
     query: str
@@ -48,12 +52,39 @@ class FeedbackEvent(SQLModel, table=True):
     raw: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     request_id: str | None = None
     source: str | None = None
-    kind: str = Field(max_length=8)  # "miss" | "hit"
+    kind: str = Field(max_length=16)  # "miss" | "hit" | "unlabeled" (until its label line is joined)
     rank: int | None = None  # 1-based rank of the best expected id in retrieved_ids; None for a miss
     file: str
     offset: int = Field(sa_type=sa.BigInteger)
     line_no: int = Field(sa_type=sa.BigInteger)
     cursor_id: int
+
+
+class FeedbackLabel(SQLModel, table=True):
+    """A label line: the chunks that answer the retrieval logged with ``request_id``.
+
+    Stored when read; the join (daemon/ingest/labels.py) completes the unlabeled event with that request
+    id into a hit or a miss and sets ``event_id``, in one transaction. A label whose retrieval has not
+    arrived within ``ingest.label_wait_s`` goes to quarantine.
+    """
+
+    __tablename__ = "feedback_labels"
+    # Labels still waiting for their retrieval (partial: joined ones, nearly all of them, are not in it).
+    __table_args__ = (sa.Index("ix_feedback_labels_waiting", "id", sqlite_where=sa.text("event_id IS NULL"),
+                               postgresql_where=sa.text("event_id IS NULL")),)
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str
+    ts: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    expected_ids: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    raw: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the line as written
+    source: str | None = None
+    file: str
+    offset: int = Field(sa_type=sa.BigInteger)
+    line_no: int = Field(sa_type=sa.BigInteger)
+    cursor_id: int
+    event_id: int | None = Field(default=None, sa_type=sa.BigInteger)  # the event it completed; None: waiting
+    joined_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
 
 class EventCount(SQLModel, table=True):
@@ -64,7 +95,7 @@ class EventCount(SQLModel, table=True):
 
     __tablename__ = "event_counts"
     hour: str = Field(primary_key=True, max_length=13)  # "YYYY-MM-DD HH" (UTC)
-    kind: str = Field(primary_key=True, max_length=8)
+    kind: str = Field(primary_key=True, max_length=16)
     count: int = 0
 
 
