@@ -3,14 +3,15 @@
     python examples/rag_service.py --manifest state/serving.json --log logs/feedback.jsonl --port 8080
 
     GET  /search?q=how+do+I+rotate+logs&k=10   -> {"request_id", "version", "hits": [{"chunk_id", "score", "text"}]}
-    POST /feedback {"request_id": "...", "expected_ids": ["chunk-42"]}   -> 204; the retrieval is logged for ragloop
+    POST /feedback {"request_id": "...", "expected_ids": ["chunk-42"]}   -> 204; the label is logged for ragloop
     POST /reload                                                         -> {"version"} (the manifest is also polled)
     GET  /healthz                                                        -> {"version", "requests", "labels"}
 
-The label for a search usually arrives later than the search (a click, a thumbs-down with the document the
-user finally found, an agent, a judge), so the service keeps its recent answers by request_id and writes
-the complete event (the query, what it retrieved then, the label) through FeedbackLog when the label comes.
-Answers older than --remember requests are forgotten: a label for one of them is refused with 404.
+Every search is logged as it is served (query, what was retrieved, the version, a request_id) without a label:
+the label usually arrives later (a click, a thumbs-down with the document the user finally found, an agent,
+a judge), and /feedback logs it as a label line with the same request_id. ragloop joins the two, whichever
+it reads first and whichever worker process or log file wrote them; a label whose search it never reads is
+quarantined after ingest.label_wait_s, with the reason.
 Only the standard library and ragloop_client: a thread per request (ThreadingHTTPServer), one Retriever.
 """
 
@@ -23,24 +24,24 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from ragloop_client import FeedbackLog, RecentAnswers, Retriever
+from ragloop_client import FeedbackLog, Retriever
 
 
 class Service:
-    def __init__(self, retriever: Retriever, feedback: FeedbackLog, remember: int = 100_000):
-        self.retriever = retriever
-        self.answers = RecentAnswers(feedback, remember)  # kept by request_id until their label arrives
-        self.requests = 0
+    def __init__(self, retriever: Retriever, feedback: FeedbackLog):
+        self.retriever, self.feedback = retriever, feedback
+        self.requests = self.labels = 0
 
     def search(self, query: str, k: int) -> dict:
         result = self.retriever.search(query, k)
-        rid = self.answers.keep(result)
+        rid = self.feedback.log_result(result)["request_id"]  # unlabeled: /feedback brings the label
         self.requests += 1
         return {"request_id": rid, "version": result.version,
                 "hits": [{"chunk_id": h.chunk_id, "score": round(h.score, 4), "text": h.text} for h in result.hits]}
 
-    def label(self, request_id: str, expected_ids: list[str]) -> bool:
-        return self.answers.label(request_id, expected_ids)
+    def label(self, request_id: str, expected_ids: list[str]) -> None:
+        self.feedback.label(request_id, expected_ids)
+        self.labels += 1
 
 
 def handler(service: Service) -> type[BaseHTTPRequestHandler]:
@@ -51,7 +52,7 @@ def handler(service: Service) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             if url.path == "/healthz":
                 return self._json(HTTPStatus.OK, {"version": service.retriever.version, "requests": service.requests,
-                                                  "labels": service.answers.labelled})
+                                                  "labels": service.labels})
             if url.path != "/search":
                 return self._json(HTTPStatus.NOT_FOUND, {"error": "GET /search?q=...&k=10 or /healthz"})
             qs = parse_qs(url.query)
@@ -70,11 +71,9 @@ def handler(service: Service) -> type[BaseHTTPRequestHandler]:
                 return self._json(HTTPStatus.NOT_FOUND, {"error": "POST /feedback or /reload"})
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                found = service.label(str(body["request_id"]), list(body["expected_ids"]))
+                service.label(str(body["request_id"]), list(body["expected_ids"]))
             except (KeyError, TypeError, ValueError) as exc:
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": f'send {{"request_id", "expected_ids"}}: {exc}'})
-            if not found:
-                return self._json(HTTPStatus.NOT_FOUND, {"error": "unknown or forgotten request_id"})
             self.send_response(HTTPStatus.NO_CONTENT)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -100,11 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--device", default=None, help="torch device (default: a GPU when there is one)")
-    ap.add_argument("--remember", type=int, default=100_000, help="recent answers kept for their labels")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with Retriever(args.manifest, device=args.device) as retriever, FeedbackLog(args.log, source="rag_service") as fb:
-        server = ThreadingHTTPServer((args.host, args.port), handler(Service(retriever, fb, args.remember)))
+        server = ThreadingHTTPServer((args.host, args.port), handler(Service(retriever, fb)))
         logging.getLogger("rag_service").info("serving %s on http://%s:%d", retriever.version, args.host,
                                               server.server_address[1])
         try:

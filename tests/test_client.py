@@ -181,9 +181,15 @@ from ragloop_client import FeedbackLog
 path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 log = FeedbackLog(path, source=name)
 for i in range(n):
-    log.log(f"question {i % 37} from {name}", [f"c{(i + k) % 50 + 50}" for k in range(10)], [f"c{i % 50}"],
-            request_id=f"{name}-{i}")
-    time.sleep(0.002)  # about 3 s of traffic, so rotations land while every writer writes
+    query, retrieved = f"question {i % 37} from {name}", [f"c{(i + k) % 50 + 50}" for k in range(10)]
+    if i % 2:  # the label comes later: the retrieval now, its label line after the next one
+        log.log(query, retrieved, request_id=f"{name}-{i}")
+    else:
+        log.log(query, retrieved, [f"c{i % 50}"], request_id=f"{name}-{i}")
+        if i:
+            log.label(f"{name}-{i - 1}", [f"c{(i - 1) % 50}"])
+    time.sleep(0.002)
+log.label(f"{name}-{n - 1}", [f"c{(n - 1) % 50}"])  # n is even: the last retrieval's label  # about 3 s of traffic, so rotations land while every writer writes
 """
 
 
@@ -210,23 +216,36 @@ def test_feedback_log_from_many_processes_under_real_logrotate_is_ingested_exact
     assert len(ids) == len(set(ids)) == 4 * 1500
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM quarantine")) == 0
+        labels = conn.execute(sa.text("SELECT count(*), count(DISTINCT event_id) FROM feedback_labels")).one()
+        kinds = dict(conn.execute(sa.text("SELECT kind, count(*) FROM feedback_events GROUP BY kind")).all())
+    assert tuple(labels) == (4 * 750, 4 * 750)  # every label line once, each joined to its own retrieval
+    assert kinds == {"miss": 4 * 1500}
 
 
 def test_feedback_lines_follow_the_v1_schema_and_bad_events_are_refused(tmp_path):
     log = FeedbackLog(tmp_path / "f.jsonl", source="api")
     log.log("how do I rotate logs?", ["c3", "c9"], ["c9"], retrieved_scores=[0.8, 0.7], request_id="r1")
+    log.log("how do I rotate logs?", ["c3", "c9"], request_id="r2")  # its label comes later
+    log.label("r2", ["c3"])
     with pytest.raises(ValueError, match="expected_ids must name at least one chunk"):
         log.log("q", ["c1"], [])
+    with pytest.raises(ValueError, match="without expected_ids needs a request_id"):
+        log.log("q", ["c1"])
+    with pytest.raises(ValueError, match="request_id must be the non-empty id"):
+        log.label("", ["c1"])
+    with pytest.raises(ValueError, match="expected_ids must name at least one chunk"):
+        log.label("r2", [])
     with pytest.raises(ValueError, match="retrieved_scores has 1 scores for 2"):
         log.log("q", ["c1", "c2"], ["c1"], retrieved_scores=[0.5])
     with pytest.raises(ValueError, match="query must be a non-empty string"):
         log.log(" ", ["c1"], ["c1"])
     log.close()
-    lines = (tmp_path / "f.jsonl").read_text().splitlines()
-    assert len(lines) == 1  # refused events wrote nothing
-    event = json.loads(lines[0])
-    jsonschema.validate(event, SCHEMA)
-    assert event["source"] == "api" and event["ts"].endswith("Z")
+    lines = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert len(lines) == 3  # refused events wrote nothing
+    for line in lines:
+        jsonschema.validate(line, SCHEMA)
+        assert line["source"] == "api" and line["ts"].endswith("Z")
+    assert "expected_ids" not in lines[1] and lines[2]["request_id"] == "r2" and "query" not in lines[2]
 
 
 @pytest.mark.slow
@@ -285,10 +304,6 @@ def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_inges
         req = urllib.request.Request(f"{base}/feedback", data=label, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as resp:
             assert resp.status == 204
-        with pytest.raises(urllib.error.HTTPError) as again:  # the same label twice is refused: logged once
-            urllib.request.urlopen(urllib.request.Request(f"{base}/feedback", data=label))
-        again.value.close()
-        assert again.value.code == 404
         with pytest.raises(urllib.error.HTTPError) as bad:
             urllib.request.urlopen(f"{base}/search?k=5")
         bad.value.close()
@@ -297,17 +312,21 @@ def test_the_reference_service_answers_and_logs_a_later_label_that_ragloop_inges
         proc.terminate()
         proc.wait(timeout=30)
         proc.stderr.close()
-    event = json.loads(log.read_text())
-    jsonschema.validate(event, SCHEMA)
-    assert event["retrieved_ids"] == [h["chunk_id"] for h in answer["hits"]]
+    event, label_line = (json.loads(x) for x in log.read_text().splitlines())
+    for line in (event, label_line):
+        jsonschema.validate(line, SCHEMA)
+    assert event["retrieved_ids"] == [h["chunk_id"] for h in answer["hits"]] and "expected_ids" not in event
     assert event["serving_version"] == answer["version"] and event["request_id"] == answer["request_id"]
+    assert label_line["request_id"] == answer["request_id"] and label_line["expected_ids"] == [target["id"]]
     settings.ingest.paths = [str(log)]
-    assert ingest_once(engine, settings).events == 1 and stored_request_ids(engine) == [answer["request_id"]]
+    rep = ingest_once(engine, settings)
+    assert (rep.unlabeled, rep.labels) == (1, 1) and stored_request_ids(engine) == [answer["request_id"]]
+    with engine.connect() as conn:  # joined: a hit at rank 1
+        assert conn.execute(sa.text("SELECT kind, rank FROM feedback_events")).one() == ("hit", 1)
 
 
 @SQLITE_ONLY
 def test_langchain_and_llamaindex_retrievers_serve_the_client_and_log_later_labels(settings, engine, minilm, tmp_path):
-    from ragloop_client import RecentAnswers
     from ragloop_client.langchain import RagloopRetriever as LangChainRetriever
     from ragloop_client.llama_index import RagloopRetriever as LlamaIndexRetriever
 
@@ -316,18 +335,21 @@ def test_langchain_and_llamaindex_retrievers_serve_the_client_and_log_later_labe
     log = FeedbackLog(tmp_path / "f.jsonl")
     with Retriever(settings.manifest_path, device="cpu", watch=False) as client:
         want = client.search("text of c7", k=3)
-        lc = LangChainRetriever(client=client, k=3, answers=RecentAnswers(log))
+        lc = LangChainRetriever(client=client, k=3, feedback=log)
         docs = lc.invoke("text of c7")
         assert [d.metadata["chunk_id"] for d in docs] == want.ids and docs[0].page_content == "text of c7"
         assert docs[0].metadata["ragloop_version"] == want.version
-        li = LlamaIndexRetriever(client, k=3, answers=RecentAnswers(log))
+        li = LlamaIndexRetriever(client, k=3, feedback=log)
         nodes = li.retrieve("text of c7")
         assert [n.node.node_id for n in nodes] == want.ids and [n.score for n in nodes] == pytest.approx(want.scores)
-        assert lc.answers.label(docs[0].metadata["request_id"], ["c7"])
-        assert li.answers.label(nodes[0].node.metadata["request_id"], ["c7"])
-        assert not li.answers.label(nodes[0].node.metadata["request_id"], ["c7"])  # once
+        lc.feedback.label(docs[0].metadata["request_id"], ["c7"])
+        li.feedback.label(nodes[0].node.metadata["request_id"], ["c7"])
     log.close()
-    events = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
-    assert [e["retrieved_ids"] for e in events] == [want.ids, want.ids] and all(e["expected_ids"] == ["c7"] for e in events)
-    for e in events:
-        jsonschema.validate(e, SCHEMA)
+    lines = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    for line in lines:
+        jsonschema.validate(line, SCHEMA)
+    assert [e.get("retrieved_ids") for e in lines] == [want.ids, want.ids, None, None]
+    settings.ingest.paths = [str(tmp_path / "f.jsonl")]
+    ingest_once(engine, settings)
+    with engine.connect() as conn:  # each retrieval completed by its label: c7 ranked first
+        assert conn.execute(sa.text("SELECT kind, rank FROM feedback_events")).all() == [("hit", 1), ("hit", 1)]
