@@ -224,7 +224,7 @@ def serving_model(engine, settings, base):
     serving = registry.serving(engine, "embedder")
     if serving is None or serving["version"] == 0:
         return base, "embedder-v0", "the base embedder"
-    return (load_embedder(serving["path"], settings.train.device), f"embedder-v{serving['version']}",
+    return (load_embedder(registry.model_path(settings, serving), settings.train.device), f"embedder-v{serving['version']}",
             f"embedder v{serving['version']}")
 
 
@@ -324,18 +324,18 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
     emb_model, emb_ranked, emb_row, emb_key = base, base_ranked, "base embedder", "embedder-v0"
     cand = _latest(engine, "embedder")
     if promoted_embedder:
-        emb_model = load_embedder(serving["path"], settings.train.device)
+        emb_model = load_embedder(registry.model_path(settings, serving), settings.train.device)
         emb_key = f"embedder-v{serving['version']}"
         emb_ranked = ranked_by(emb_model, emb_key)
         refit_of = (serving.get("lineage") or {}).get("refit_of")
         emb_row = f"promoted embedder v{serving['version']}" + (f" (refit of v{refit_of})" if refit_of else "")
         rows[emb_row] = score(emb_ranked, relevant).mean()
         if refit_of:  # what the gate tested, trained on the train split only
-            m = load_embedder(registry.get_version(engine, "embedder", refit_of)["path"], settings.train.device)
+            m = load_embedder(registry.model_path(settings, registry.get_version(engine, "embedder", refit_of)), settings.train.device)
             rows[f"gated candidate v{refit_of} (its refit serves)"] = score(
                 ranked_by(m, f"embedder-v{refit_of}"), relevant).mean()
     if cand is not None and cand["version"] > serving["version"]:  # the gate kept this cycle's candidate out
-        m = load_embedder(cand["path"], settings.train.device)
+        m = load_embedder(registry.model_path(settings, cand), settings.train.device)
         rows[f"embedder candidate v{cand['version']} (not promoted)"] = score(
             ranked_by(m, f"embedder-v{cand['version']}"), relevant).mean()
     pipelines: dict[str, Scores] = {}  # reranker pipelines, per query, for the paired comparison with the embedder
@@ -351,9 +351,9 @@ def evaluate_unseen(engine, settings, corpus: Corpus, base, unseen: list[dict]):
     pipe_row = emb_row
     if rr is not None:
         label = "promoted" if promoted_reranker else "candidate (not promoted)"
-        w = model_weight(rr["path"])
+        w = model_weight(registry.model_path(settings, rr))
         head = f"{'embedder' if emb_row == 'base embedder' else emb_row} + reranker v{rr['version']}"
-        cross = cross_scores(load_reranker(rr["path"], settings.train.device, settings.train.trust_remote_code), corpus, queries, top)
+        cross = cross_scores(load_reranker(registry.model_path(settings, rr), settings.train.device, settings.train.trust_remote_code), corpus, queries, top)
         pipelines[f"{head} alone (no fusion)"] = score(fuse_rankings(top, None, cross, 1.0), relevant)
         pipe_row = f"{head} fused w={w} {label}"  # as the gate scored it and production applies it
         pipelines[pipe_row] = score(fuse_rankings(top, top_sims, cross, w), relevant)

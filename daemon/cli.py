@@ -149,6 +149,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return Daemon(settings, path).run(once=args.once)
     engine = open_store(settings.store_url, echo=settings.store.echo)
+    from daemon.models import registry
+
+    registry.relativize_paths(engine, settings)  # absolute model paths an older release stored
     handler = {"ingest": _ingest, "corpus": _corpus, "quarantine": _quarantine, "status": _status, "db": _db,
                "index": _index, "search": _search, "train": _train, "cycle": _cycle, "promote": _promote,
                "rollback": _rollback, "models": _models, "eval": _eval, "check": _check,
@@ -296,11 +299,11 @@ def _eval(args, settings, engine) -> int:
                                 "versions there are")
         emb, rr = (chosen, rr) if chosen["kind"] == EMBEDDER else (emb, chosen)
     ev = Evaluator(engine, settings)
-    model = load_embedder(emb["path"], settings.train.device)
+    model = load_embedder(registry.model_path(settings, emb), settings.train.device)
     key = registry.vector_key(emb)
     rows = [[f"embedder v{emb['version']}", n, *m.values()] for n, m in summary(ev.embedder_scores(key, model)).items()]
     if rr is not None:
-        piped = summary(ev.pipeline_scores(key, model, load_reranker(rr["path"], settings.train.device, settings.train.trust_remote_code)))
+        piped = summary(ev.pipeline_scores(key, model, load_reranker(registry.model_path(settings, rr), settings.train.device, settings.train.trust_remote_code)))
         rows += [[f"+ reranker v{rr['version']}", n, *m.values()] for n, m in piped.items()]
     print(table(["model", "set", "hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "queries"], rows))
     return 0

@@ -114,7 +114,7 @@ def test_an_adapter_is_gated_on_cached_vectors_promoted_and_rolled_back_without_
     assert manifest["collection"] == first.collection and manifest["embedder"]["version"] == job.version
     shown = render_status(collect_status(engine, adapter_store))
     assert f"v{job.version} (query adapter on v0's document vectors)" in shown
-    model = load_embedder(row["path"], "cpu")
+    model = load_embedder(registry.model_path(adapter_store, row), "cpu")
     query = "How do I exit the Python interpreter?"
     hits = search(engine, adapter_store, query, k=5)  # the serving adapter's query route, on the old vectors
     corpus = Corpus(engine)

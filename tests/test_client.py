@@ -353,3 +353,41 @@ def test_langchain_and_llamaindex_retrievers_serve_the_client_and_log_later_labe
     ingest_once(engine, settings)
     with engine.connect() as conn:  # each retrieval completed by its label: c7 ranked first
         assert conn.execute(sa.text("SELECT kind, rank FROM feedback_events")).all() == [("hit", 1), ("hit", 1)]
+
+
+def test_the_state_directory_moves_with_its_store_and_models(tmp_path, finetuned_minilm):
+    """Model folders are stored relative to state_dir; a store an older release wrote (absolute paths) is
+    rewritten at start, even after the directory moved; the daemon and the client both follow."""
+    from daemon.config import settings_from_dict
+    from daemon.models import registry
+    from daemon.serve import publish
+    from daemon.store import open_store
+
+    def settings_at(state):
+        return settings_from_dict({"state_dir": str(state), "store": {"url": f"sqlite:///{state}/ragloop.db"}},
+                                  "test", base_dir=tmp_path)
+
+    old = settings_at(tmp_path / "old" / "state")
+    engine = open_store(old.store_url)
+    write_corpus(engine, [f"c{i}" for i in range(20)])
+    folder = old.models_dir / "embedder" / "v1"
+    shutil.copytree(finetuned_minilm, folder)
+    assert registry.stored_path(old, folder) == "./models/embedder/v1"
+    registry.register(engine, "embedder", str(folder), version=1)  # as an older release stored it: absolute
+    registry.ensure_base_embedder(engine, old)
+    promotion.promote(engine, old, "embedder", 1)
+    engine.dispose()
+
+    new = settings_at(tmp_path / "new" / "state")
+    shutil.move(old.state_dir, new.state_dir)  # moved before this release first ran on it
+    engine = open_store(new.store_url)
+    assert registry.relativize_paths(engine, new) == 1 and registry.relativize_paths(engine, new) == 0
+    row = registry.serving(engine, "embedder")
+    assert row["path"] == "./models/embedder/v1" and registry.model_path(new, row) == str(folder).replace("/old/", "/new/")
+    with engine.connect() as conn:
+        collection = conn.scalar(sa.text("SELECT collection FROM index_versions WHERE status = 'serving'"))
+    publish(engine, new, collection, 1)  # what a promotion or a daemon start does
+    with Retriever(new.manifest_path, device="cpu", watch=False) as client:
+        assert client.manifest.embedder.path == new.models_dir / "embedder" / "v1"
+        assert client.search("text of c7", k=1).ids == ["c7"]
+    engine.dispose()

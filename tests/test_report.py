@@ -93,3 +93,31 @@ def test_report_command_writes_the_page_and_says_what_to_fix_on_a_bad_path(tmp_p
     assert main(["-c", str(cfg), "report", "-o", str(tmp_path / "missing" / "r.html")]) == 1
     err = capsys.readouterr().err
     assert "cannot write the report to" in err and "pass -o with a writable path" in err
+
+
+def test_miss_rate_by_serving_version_reads_what_the_client_logged(settings, engine, tmp_path):
+    """ragloop_client logs the version that answered each retrieval: the report splits production's misses by it."""
+    import json
+
+    from daemon.ingest import ingest_once
+    from daemon.observe import by_serving_version
+
+    from helpers import write_corpus
+
+    write_corpus(engine, ["c1", "c2"])
+    lines = []
+    for i in range(40):  # v1 misses 3 of 4, v2 1 of 4; one line without a version (not a client's)
+        version = "chunks__v1/e0/r0" if i < 20 else "chunks__v2/e1/r0"
+        hit = i % 4 == 0 if i < 20 else i % 4 != 0
+        lines.append({"ts": "2026-11-21T10:00:00Z", "query": f"q{i}", "expected_ids": ["c1"],
+                      "retrieved_ids": ["c1" if hit else "c2"], "serving_version": version})
+    lines.append({"ts": "2026-11-21T10:00:00Z", "query": "q", "expected_ids": ["c1"], "retrieved_ids": []})
+    log = tmp_path / "f.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    settings.ingest.paths = [str(log)]
+    ingest_once(engine, settings)
+    got = by_serving_version(engine)
+    assert [(v["version"], v["events"], v["misses"]) for v in got] == [("chunks__v1/e0/r0", 20, 15),
+                                                                       ("chunks__v2/e1/r0", 20, 5)]
+    assert got[0]["low"] < 0.75 < got[0]["high"] and got[1]["high"] < got[0]["low"]
+    assert "Miss rate under each version that served" in build_report(engine)

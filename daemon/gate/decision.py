@@ -184,17 +184,17 @@ def _v(row: dict[str, Any] | None) -> int | None:
 
 def _score_both(ev: Evaluator, settings: Settings, kind: str, cand_row, serving_row, serving_emb):
     t = settings.train
-    emb_model = load_embedder(serving_emb["path"], t.device, t.trust_remote_code)
+    emb_model = load_embedder(registry.model_path(settings, serving_emb), t.device, t.trust_remote_code)
     emb_key = registry.vector_key(serving_emb)
     if kind == registry.EMBEDDER:
         # a query adapter's key is its base's: its corpus vectors are the cached ones, nothing is encoded
-        cand_model = load_embedder(cand_row["path"], t.device, t.trust_remote_code)
+        cand_model = load_embedder(registry.model_path(settings, cand_row), t.device, t.trust_remote_code)
         return (ev.embedder_scores(registry.vector_key(cand_row), cand_model),
                 ev.embedder_scores(emb_key, emb_model))
     # each reranker as it would serve: fused with the first stage at the weight chosen on its validation split
     def pipeline(row):
-        return ev.pipeline_scores(emb_key, emb_model, load_reranker(row["path"], t.device, t.trust_remote_code),
-                                  model_weight(row["path"]))
+        return ev.pipeline_scores(emb_key, emb_model, load_reranker(registry.model_path(settings, row), t.device, t.trust_remote_code),
+                                  model_weight(registry.model_path(settings, row)))
 
     serv = pipeline(serving_row) if serving_row else ev.pipeline_scores(emb_key, emb_model, None)
     return pipeline(cand_row), serv

@@ -5,10 +5,16 @@ Version 0 of the embedder is the configured base, registered as serving on first
 An embedder version is either a full model or a query adapter on another version (daemon/train/adapter.py): its
 lineage's "documents" names the version whose document vectors it uses, and so the index it needs.
 Plain data: making a version serve in production (re-index, swap, publish) is daemon/serve/promotion.py's.
+
+A model folder under the state directory is stored relative to it ("./models/embedder/v3"), so the state
+directory can move or be mounted elsewhere: `model_path` resolves a row's path against ``settings.state_dir``
+(anything else, a base model's folder or a Hugging Face id, is stored as configured). `relativize_paths`
+rewrites the absolute paths an older release stored.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -26,6 +32,54 @@ Kind = Literal["embedder", "reranker"]
 EMBEDDER: Kind = "embedder"
 RERANKER: Kind = "reranker"
 KINDS: tuple[Kind, ...] = (EMBEDDER, RERANKER)
+
+
+STATE_RELATIVE = "./"  # a stored path relative to the state directory (a hub id never starts so)
+
+
+def model_path(settings: Settings, row: dict[str, Any] | str) -> str:
+    """The folder (or hub id) of a registry row, or of a stored path: state-relative ones resolved."""
+    path = row if isinstance(row, str) else row["path"]
+    return str(settings.state_dir / path[len(STATE_RELATIVE):]) if path.startswith(STATE_RELATIVE) else path
+
+
+def stored_path(settings: Settings, path: str | Path) -> str:
+    """How ``path`` is stored: relative to the state directory when under it, else as given."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return STATE_RELATIVE + p.relative_to(settings.state_dir).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def relativize_paths(engine: Engine, settings: Settings) -> int:
+    """Store the absolute model paths of an older release relative to the state directory. Returns how many.
+
+    A path under ``state_dir`` is rewritten as it is; one that no longer exists (the state directory moved
+    before this release ran) is found by its place under ``models_dir`` (``<kind>/v<N>``) when that exists.
+    Run at every start: cheap, and a no-op once done.
+    """
+    moved = []
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(versions_t.c.id, versions_t.c.path)
+                            .where(versions_t.c.path.like("/%"))).all()
+    for row_id, path in rows:
+        new = stored_path(settings, path)
+        if new == path and not Path(path).exists():
+            p = Path(path)
+            here = settings.models_dir / p.parent.name / p.name
+            if here.is_dir():
+                new = stored_path(settings, here)
+        if new != path:
+            moved.append({"i": row_id, "p": new})
+    if moved:
+        with write_tx(engine) as conn:
+            conn.execute(versions_t.update().where(versions_t.c.id == sa.bindparam("i")).values(path=sa.bindparam("p")),
+                         moved)
+        log.info("registry.paths_relativized", versions=len(moved), state_dir=str(settings.state_dir))
+    return len(moved)
 
 
 def serving(engine: Engine, kind: str) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
-from daemon.models.registry import KINDS, documents_version, set_status, versions_t
+from daemon.models.registry import KINDS, documents_version, model_path, set_status, versions_t
 from daemon.store.db import utcnow
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,7 @@ def apply_retention(engine: Engine, settings: Settings, now: datetime | None = N
             rows = [dict(r) for r in conn.execute(sa.select(versions_t).where(versions_t.c.kind == kind)
                                                   .order_by(versions_t.c.status_at.desc())).mappings()]
         for row, reason in _expired(rows, settings, now):
-            freed = _delete_folder(Path(row["path"]), settings.models_dir)
+            freed = _delete_folder(Path(model_path(settings, row)), settings.models_dir)
             set_status(engine, kind, row["version"], "deleted")
             deleted.append({"kind": kind, "version": row["version"], "reason": reason, "freed_mb": freed})
             log.info("retention.deleted", kind=kind, version=row["version"], path=row["path"], reason=reason,
@@ -55,7 +55,7 @@ def _expired(rows: list[dict[str, Any]], settings: Settings, now: datetime) -> l
     out = [(x, f"retired, beyond retention.keep_previous={r.keep_previous}") for x in previous[r.keep_previous:]]
     out += [(x, f"{x['status']} more than retention.keep_rejected_days={r.keep_rejected_days:g} ago")
             for x in rows if x["status"] in INSPECT and _aware(x["status_at"]) <= cutoff]
-    return [(x, why) for x, why in out if x["version"] not in needed and _ours(Path(x["path"]), settings.models_dir)]
+    return [(x, why) for x, why in out if x["version"] not in needed and _ours(Path(model_path(settings, x)), settings.models_dir)]
 
 
 def _ours(path: Path, models_dir: Path) -> bool:

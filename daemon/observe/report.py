@@ -27,7 +27,9 @@ def build_report(engine: Engine, *, top_misses: int = 25, miss_days: int = 30) -
     daily = daily_events(engine)
     decisions = gate_decisions(engine)
     misses = still_missing(engine, top_misses, miss_days)
-    charts = [miss_rate_chart(daily)] + [quality_chart(kind, ds) for kind, ds in _by_kind(decisions).items()]
+    versions = by_serving_version(engine)
+    charts = [miss_rate_chart(daily)] + ([version_chart(versions)] if versions else []) + [
+        quality_chart(kind, ds) for kind, ds in _by_kind(decisions).items()]
     return _page(charts, decisions, misses, daily, miss_days)
 
 
@@ -38,7 +40,8 @@ def daily_events(engine: Engine) -> list[dict[str, Any]]:
     ec = EventCount.__table__
     days: dict[str, dict[str, int]] = defaultdict(lambda: {"miss": 0, "hit": 0})
     with engine.connect() as conn:
-        for hour, kind, n in conn.execute(sa.select(ec.c.hour, ec.c.kind, ec.c.count)):
+        for hour, kind, n in conn.execute(sa.select(ec.c.hour, ec.c.kind, ec.c.count)
+                                          .where(ec.c.kind.in_(("miss", "hit")))):  # not the unlabeled
             days[hour[:10]][kind] += int(n)
     if days:
         first, last = (date.fromisoformat(d) for d in (min(days), max(days)))
@@ -47,6 +50,34 @@ def daily_events(engine: Engine) -> list[dict[str, Any]]:
     return [{"day": d, "events": c["miss"] + c["hit"], "misses": c["miss"],
              "miss_rate": c["miss"] / (c["miss"] + c["hit"]) if c["miss"] + c["hit"] else None}
             for d, c in sorted(days.items())]
+
+
+def by_serving_version(engine: Engine) -> list[dict[str, Any]]:
+    """[{version, events, misses, miss_rate, low, high}] per ``serving_version`` that production logged with its
+    retrievals (ragloop_client does), in the order the versions first served; 95% Wilson interval."""
+    fe = FeedbackEvent.__table__
+    version = fe.c.raw["serving_version"].as_string()
+    q = (sa.select(version, fe.c.kind, sa.func.count(), sa.func.min(fe.c.id))
+         .where(fe.c.kind.in_(("miss", "hit")), version.is_not(None)).group_by(version, fe.c.kind))
+    acc: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for v, kind, n, first in conn.execute(q):
+            a = acc.setdefault(v, {"miss": 0, "hit": 0, "first": first})
+            a[kind] = int(n)
+            a["first"] = min(a["first"], first)
+    out = []
+    for v, a in sorted(acc.items(), key=lambda kv: kv[1]["first"]):
+        n = a["miss"] + a["hit"]
+        low, high = wilson(a["miss"], n)
+        out.append({"version": v, "events": n, "misses": a["miss"], "miss_rate": a["miss"] / n, "low": low, "high": high})
+    return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def gate_decisions(engine: Engine) -> list[dict[str, Any]]:
@@ -105,6 +136,21 @@ def miss_rate_chart(daily: list[dict[str, Any]]):
     fig.update_yaxes(title_text="miss rate", tickformat=".0%", rangemode="tozero", secondary_y=True)
     fig.update_xaxes(type="category")
     return _layout(fig, "Miss rate per day (UTC): share of logged retrievals whose answer was not in the top k")
+
+
+def version_chart(versions: list[dict[str, Any]]):
+    """Production's miss rate under each version that served, with its 95% interval."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(
+        x=[v["version"] for v in versions], y=[v["miss_rate"] for v in versions], marker_color="#d62728",
+        error_y={"type": "data", "symmetric": False, "array": [v["high"] - v["miss_rate"] for v in versions],
+                 "arrayminus": [v["miss_rate"] - v["low"] for v in versions]},
+        customdata=[[v["misses"], v["events"]] for v in versions],
+        hovertemplate="%{x}: %{y:.1%} (%{customdata[0]} of %{customdata[1]} retrievals)<extra></extra>"))
+    fig.update_yaxes(title_text="miss rate", tickformat=".0%", rangemode="tozero")
+    fig.update_xaxes(type="category", title_text="serving version (collection / embedder / reranker)")
+    return _layout(fig, "Miss rate under each version that served production (95% intervals), oldest first")
 
 
 def quality_chart(kind: str, decisions: list[dict[str, Any]]):

@@ -65,7 +65,7 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
     total = _count_chunks(engine)
     if total == 0:
         raise IndexBuildError("the corpus is empty: load chunks with `ragloop corpus load FILE.jsonl` first")
-    model = model or load_embedder(embedder["path"], settings.train.device, settings.train.trust_remote_code)
+    model = model or load_embedder(registry.model_path(settings, embedder), settings.train.device, settings.train.trust_remote_code)
     with open_vectors(settings) as vs:
         _drop_unfinished(engine, vs)
         version = _next_version(engine, vs)
@@ -293,7 +293,7 @@ def search(engine: Engine, settings: Settings, query: str, k: int = 10, model=No
     if serving_collection(engine, settings) is None:
         raise IndexBuildError("nothing is indexed yet: run `ragloop index build`")
     emb = registry.ensure_base_embedder(engine, settings)
-    model = model or load_embedder(emb["path"], settings.train.device, settings.train.trust_remote_code)
+    model = model or load_embedder(registry.model_path(settings, emb), settings.train.device, settings.train.trust_remote_code)
     vec = encode_queries(model, [query])[0]
     with open_vectors(settings) as vs:
         return vs.search(settings.qdrant.alias, vec, k)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from daemon.config import Settings
 from daemon.errors import RegistryError
 from daemon.models.fusion import model_weight
+from daemon.models import registry
 from daemon.models.registry import EMBEDDER, RERANKER, documents_version, get_version, serving
 from daemon.serve.vectorstore import export_collection, prune_exports
 from daemon.store.db import HOOK_RESULT, IndexVersion, put_state, utcnow
@@ -58,12 +59,12 @@ def build_manifest(engine: Engine, settings: Settings, collection: str, embedder
         "alias": settings.qdrant.alias,
         "collection": collection,
         "qdrant": qdrant,
-        "embedder": {"version": embedder_version, "path": relative_to(emb["path"], root),
+        "embedder": {"version": embedder_version, "path": relative_to(registry.model_path(settings, emb), root),
                      "documents_version": documents_version(emb)},
         # production reranks as the gate scored it: the first stage's top rerank_depth, fused
         # (1 - w) * first stage + w * reranker, each min-max per query
-        "reranker": {"version": rr["version"], "path": relative_to(rr["path"], root),
-                     "fusion_weight": model_weight(rr["path"]), "rerank_depth": settings.gate.rerank_depth} if rr else None,
+        "reranker": {"version": rr["version"], "path": relative_to(registry.model_path(settings, rr), root),
+                     "fusion_weight": model_weight(registry.model_path(settings, rr)), "rerank_depth": settings.gate.rerank_depth} if rr else None,
         "written_at": utcnow().isoformat(),
     }
 

@@ -56,6 +56,7 @@ class Daemon:
         self.lock.acquire()
         with open_vectors(self.settings):
             pass  # reachable (server) or openable (embedded); closed again so search/status can use it
+        registry.relativize_paths(self.engine, self.settings)  # absolute paths an older release stored
         registry.ensure_base_embedder(self.engine, self.settings)
         republish_if_stale(self.engine, self.settings)  # a manifest an older release wrote: its clients' format
         if self.settings.service.metrics_addr:

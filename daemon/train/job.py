@@ -82,11 +82,11 @@ def start_path(engine: Engine, settings: Settings, kind: str, mode: str = "full"
     cfg = getattr(settings.train, kind)
     current = registry.serving(engine, kind)
     if kind == registry.EMBEDDER and mode == "adapter":
-        return current["path"], f"{kind} v{current['version']}"
+        return registry.model_path(settings, current), f"{kind} v{current['version']}"
     if cfg.start_from == "serving" and current is not None:
         if kind == registry.EMBEDDER and registry.is_adapter(current):
             current = registry.get_version(engine, kind, registry.documents_version(current))
-        return current["path"], f"{kind} v{current['version']}"
+        return registry.model_path(settings, current), f"{kind} v{current['version']}"
     base = base_embedder_path(cfg.base) if kind == registry.EMBEDDER else (cfg.base or packaged_minilm())
     if cfg.base and not Path(cfg.base).exists() and (cfg.base.startswith(("/", ".", "~")) or "/" not in cfg.base):
         raise TrainError(f"train.{kind}.base = {cfg.base!r} is not a folder (nor a Hugging Face id like "
@@ -127,7 +127,7 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     if kind not in registry.KINDS:
         raise TrainError(f"unknown model kind {kind!r}; use one of {registry.KINDS}")
     serving_embedder = registry.ensure_base_embedder(engine, settings)
-    mining_model = serving_embedder["path"]
+    mining_model = registry.model_path(settings, serving_embedder)
     if kind != registry.EMBEDDER:
         mode = "full"
     start, start_label = start_path(engine, settings, kind, mode)
@@ -149,7 +149,7 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
         _run_child(tmp / "job.json", cancel, timeout_s or settings.train.timeout_s,
                    settings.train.devices if mode == "full" else [])
         training = json.loads((tmp / "model" / "training.json").read_text())
-        version = _register(engine, kind, tmp, root, start_label, training)
+        version = _register(engine, settings, kind, tmp, root, start_label, training)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,7 +174,7 @@ def _refit_plan(engine: Engine, settings: Settings, refit_of: int, start: str, s
     gated = registry.get_version(engine, registry.EMBEDDER, refit_of)
     settings = settings.model_copy(deep=True)
     settings.train.embedder.epochs = cfg.refit_epochs
-    return gated["path"], f"{registry.EMBEDDER} v{refit_of}", settings, cfg.refit_replay
+    return registry.model_path(settings, gated), f"{registry.EMBEDDER} v{refit_of}", settings, cfg.refit_replay
 
 
 def child_command(job_path: Path, devices: list[str]) -> list[str]:
@@ -219,7 +219,7 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         pass
 
 
-def _register(engine: Engine, kind: str, tmp: Path, root: Path, base: str, training: dict[str, Any]) -> int:
+def _register(engine: Engine, settings: Settings, kind: str, tmp: Path, root: Path, base: str, training: dict[str, Any]) -> int:
     """Move the finished model to models/<kind>/v<N>, then register it.
 
     In that order: a crash between the two leaves an unregistered folder, which the next job with the
@@ -236,7 +236,7 @@ def _register(engine: Engine, kind: str, tmp: Path, root: Path, base: str, train
     if final.exists():
         shutil.rmtree(final)  # an orphan of a crash between rename and register
     os.replace(tmp / "model", final)  # atomic on one filesystem: the folder appears whole
-    return registry.register(engine, kind, str(final), version=version, base=base, lineage=lineage)
+    return registry.register(engine, kind, registry.stored_path(settings, final), version=version, base=base, lineage=lineage)
 
 
 def _remove_stale_tmp(root: Path) -> None:

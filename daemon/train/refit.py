@@ -56,10 +56,9 @@ def refit(engine: Engine, settings: Settings, promoted: Decision, *, cancel: thr
         log.error("refit.failed", candidate=promoted.candidate, error=str(exc))
         return None
     ev = Evaluator(engine, settings)
-    t = settings.train
     gated_row = registry.get_version(engine, registry.EMBEDDER, promoted.candidate)
-    gated = _scores(ev, gated_row, t)
-    refitted = _scores(ev, registry.get_version(engine, registry.EMBEDDER, job.version), t)
+    gated = _scores(ev, settings, gated_row)
+    refitted = _scores(ev, settings, registry.get_version(engine, registry.EMBEDDER, job.version))
     passed, reason, figures = check_refit(gated, refitted, settings)
     figures.update(refit_of=promoted.candidate, pairs=job.training["pairs"]["total"],
                    gated_pairs=len((gated_row.get("lineage") or {}).get("pair_ids", [])))
@@ -91,5 +90,7 @@ def check_refit(gated: dict[str, Scores], refitted: dict[str, Scores], settings:
                   f"beyond {g.guard_margin}: serves in its place"), figures
 
 
-def _scores(ev: Evaluator, row: dict[str, Any], t) -> dict[str, Scores]:
-    return ev.embedder_scores(registry.vector_key(row), load_embedder(row["path"], t.device, t.trust_remote_code))
+def _scores(ev: Evaluator, settings: Settings, row: dict[str, Any]) -> dict[str, Scores]:
+    t = settings.train
+    return ev.embedder_scores(registry.vector_key(row), load_embedder(registry.model_path(settings, row), t.device,
+                                                                      t.trust_remote_code))
