@@ -1,12 +1,15 @@
 """The journal: what the daemon tells its operator.
 
 structlog setup (readable on a TTY, one JSON object per line otherwise) and the progress of long work
-(a live line on a terminal, and a log event every few seconds).
+(a live line on a terminal, and a log event every few seconds). The libraries' own output joins the journal
+instead of breaking it: their `logging` records and Python warnings become `library.log` events, and their
+progress bars (tqdm, Hugging Face) are off, since ragloop reports progress itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -48,6 +51,40 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    # Before any library is imported (the CLI imports them lazily) and inherited by the training child.
+    for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToJournal) for h in root.handlers):
+        root.addHandler(_ToJournal())
+    root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)  # the libraries' info is chatter
+    logging.captureWarnings(True)
+
+
+# Library messages that say nothing an operator can act on, kept at debug.
+_BENIGN = ("were not sharded",)  # transformers, saving a model on one device
+
+
+class _ToJournal(logging.Handler):
+    """A library's `logging` record (or a Python warning) as a structlog event in the journal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            level = "debug" if any(b in message for b in _BENIGN) else record.levelname.lower()
+            method = getattr(structlog.get_logger(), level if level in _LEVELS else "warning")
+            method("library.log", logger=record.name, message=message.strip()[:2000])
+        except Exception:  # a log record must never take the process down
+            self.handleError(record)
+
+
+def route_library_logs() -> None:
+    """transformers writes to stderr through a handler of its own; send its records to the journal instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
 
 
 class Progress:

@@ -38,7 +38,7 @@ def test_two_live_days_with_a_service_beside_the_daemon(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "bench.live", "--benchmark", str(tmp_path / "tiny"), "--days", "2", "--queries", "60",
          "--min-new-pairs", "10", "--force-promote-day", "2", "--kill-day", "0", "--rollback-day", "0", "--no-script",
-         "--out", str(out), "--work", str(work), "--set", "train.embedder.max_steps=2", "--set", "gate.min_heldout=5",
+         "--out", str(out), "--work", str(work), "--set", "train.embedder.max_steps=2", "--set", "train.embedder.batch_size=4", "--set", "gate.min_heldout=5",
          "--set", "gate.heldout_target=10"],
         capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

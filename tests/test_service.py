@@ -165,6 +165,16 @@ def test_daemon_ingests_cycles_promotes_and_stops_cleanly(tmp_path, db_url, dama
     assert '"event": "service.stopped"' in log and '"event": "service.reloaded"' in log
     stages = [json.loads(line)["stage"] for line in log.splitlines() if '"service.stage"' in line]
     assert "training embedder" in stages and any(st.startswith("promoting embedder") for st in stages)
+    # a clean journal: the daemon's, its training child's and the libraries' lines are all JSON events
+    not_json = [line for line in log.splitlines() if line.strip() and not _is_json_object(line)]
+    assert not_json == []
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def test_sigterm_during_training_exits_cleanly_and_registers_nothing(tmp_path, db_url):

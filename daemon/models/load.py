@@ -62,10 +62,10 @@ def load_reranker(path: str, device: str = "auto", trust_remote_code: bool = Fal
 
 
 def _load(cls, kind: str, path: str, device: str, trust_remote_code: bool):
-    from transformers.utils import logging as hf_logging
+    from daemon.journal import route_library_logs
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise in a journal
+    route_library_logs()  # no "Loading weights" bars; transformers' warnings in the journal, not on stderr
     if not Path(path).exists() and ("/" not in path or path.startswith(("/", "."))):
         raise ModelError(f"{kind} {path!r} is neither a folder nor a Hugging Face id; check train.{kind}.base")
     try:

@@ -44,6 +44,9 @@ def fit(job: TrainJob) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
+    from daemon.journal import route_library_logs
+
+    route_library_logs()
     settings = job.settings
     kind, out = job.kind, job.out / "model"
     cfg = getattr(settings.train, kind)
