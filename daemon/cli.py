@@ -91,12 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that only read the store: without a config file they never create one (./state) by looking.
+READS_ONLY = {"status", "models", "report", "check", "search", "eval"}
+
+
 def _config_path(arg: str | None) -> str | None:
     if arg:
         return arg
     if os.environ.get("RAGLOOP_CONFIG"):
         return os.environ["RAGLOOP_CONFIG"]
     return "config.toml" if Path("config.toml").exists() else None
+
+
+def _no_default_store(settings) -> bool:
+    """No store URL configured and no SQLite file at the default place."""
+    url = settings.store_url
+    return not settings.store.url and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
 
 
 def _config_anywhere(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +158,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.service import Daemon
 
         return Daemon(settings, path).run(once=args.once)
+    if path is None and args.cmd in READS_ONLY and _no_default_store(settings):
+        print(f"ragloop: no config file (none given with -c, $RAGLOOP_CONFIG unset, no config.toml in {Path.cwd()}) "
+              f"and no store at {settings.state_dir / 'ragloop.db'}: pass -c /etc/ragloop/config.toml (the "
+              "installed `ragloop` wrapper does), or run where your config.toml is", file=sys.stderr)
+        return 2
     engine = open_store(settings.store_url, echo=settings.store.echo)
     from daemon.models import registry
 

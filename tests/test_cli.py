@@ -110,3 +110,16 @@ def test_search_loads_once_for_many_queries_and_a_closed_pipe_exits_quietly(conf
     assert proc.wait(timeout=120) == 141
     assert json.loads(first)["query"] == "how do I change setting 0?" and len(json.loads(first)["hits"]) == 10
     assert "Traceback" not in err and "BrokenPipe" not in err and "Loading weights" not in err, err
+
+
+def test_status_without_a_config_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAGLOOP_CONFIG", raising=False)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "no config file" in err and "-c /etc/ragloop/config.toml" in err
+    assert list(tmp_path.iterdir()) == []  # no ./state from a look
+    cfg = tmp_path / "elsewhere.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "s"}"\n')
+    assert main(["status", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.startswith(f"Config: {cfg}    state: {tmp_path / 's'}")

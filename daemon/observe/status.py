@@ -62,6 +62,8 @@ def collect_status(engine: Engine, settings=None) -> dict[str, Any]:
     misses = int(kinds.get("miss", 0))
     events = misses + int(kinds.get("hit", 0))
     return {
+        "config": getattr(settings, "source", None),
+        "state_dir": str(settings.state_dir) if settings is not None else None,
         "events": events,  # labelled retrievals: hits and misses
         "misses": misses,
         "hits": events - misses,
@@ -140,6 +142,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def render_status(s: dict[str, Any]) -> str:
     rate = lambda r: "-" if r is None else f"{r:.1%}"  # noqa: E731
     out = [
+        *([f"Config: {'none (the defaults)' if s['config'] == '<defaults>' else s['config']}    state: {s['state_dir']}",
+           ""] if s.get("config") else []),
         _render_daemon(s["daemon"]),
         "",
         "Feedback",
