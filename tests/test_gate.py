@@ -263,7 +263,7 @@ def test_at_the_examples_traffic_the_gate_promotes_a_real_fine_tune_and_rejects_
 
     The script's fine-tune (trained on the train split only) is promoted on the evidence of the paired test,
     and no guard query vetoes it; the shuffled-label fine-tune is rejected. bench/gate_power.py gives the
-    odds of these outcomes over many held-out draws (README).
+    odds of these outcomes over many held-out draws (docs/research/gate-power.md).
     """
     settings, engine, heldout = examples_store
     assert 0.4 < heldout["share"] <= 0.5 and heldout["heldout_queries"] >= 90  # the small-traffic share

@@ -107,7 +107,7 @@ def _explain(err: dict[str, Any]) -> str:
     hint = _field_hint(err["loc"])
     if err["type"] == "extra_forbidden":
         if loc in _RENAMED:
-            return f"{loc}: replaced by {_RENAMED[loc]}; see README (Gate) for what it means now"
+            return f"{loc}: replaced by {_RENAMED[loc]}; see docs/architecture.md (Gate) for what it means now"
         return f"{loc}: unknown setting; remove it or check its spelling against config.toml"
     got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     msg = err["msg"].removeprefix("Value error, ")

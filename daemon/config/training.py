@@ -48,18 +48,18 @@ class EmbedderTrainSettings(ModelTrainSettings):
         0, ge=0, description="set > 0 to use CachedMultipleNegativesRankingLoss with this mini-batch size"
     )
     # 3 passes (the usual one-shot recipe) gave a candidate the gate could promote on both benchmarks;
-    # 1 pass gained too little to show on the held-out queries of early traffic (README, Loop quality).
+    # 1 pass gained too little to show on the held-out queries of early traffic (docs/research/loop-quality.md).
     epochs: float = Field(3.0, gt=0, description="passes over the data (ignored when max_steps > 0)")
     # One (production's wrong result first): with misses weighted as hits it promotes in the first cycle on
     # both benchmarks, level with four on unseen questions (examples ahead, Perl FAQ 3 questions behind at
     # hit@1), and the examples' cycle takes 348 s instead of 763 s: under the ~10-minute target, which four
-    # miss on this CPU (README, Training recipe). A GPU deployment can afford 4.
+    # miss on this CPU (docs/research/training-recipe.md). A GPU deployment can afford 4.
     negatives: int = Field(
         1, ge=0, le=33, description="negatives per embedder example, the first of train.mining's list "
         "(production's, then mined, then random); 4 trains 2-3x slower for no gain shown; 0: in-batch only"
     )
     # Off: carving validation queries out of the train split cost more than early stopping and interpolation
-    # gave back, on both benchmarks (README, Training recipe).
+    # gave back, on both benchmarks (docs/research/training-recipe.md).
     validation_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of the train split's real queries kept out of embedder training to "
         "choose the interpolation alpha and the epoch on (never held-out queries); 0 trains on all of them"
@@ -79,7 +79,7 @@ class EmbedderTrainSettings(ModelTrainSettings):
     # On: the gate holds out up to half of early traffic, so without a refit what serves learned from about half
     # of what a hand-run one-shot fine-tune learns from. Measured through the CLI on a held-back benchmark (10
     # Debian FAQs, 257 unseen questions): unseen hit@1 0.541 without the refit, 0.603 with it, 0.564 for the
-    # one-shot script on the same traffic; on the examples' both halves +1.3 points over no refit (README).
+    # one-shot script on the same traffic; on the examples' both halves +1.3 points over no refit (docs/research/loop-quality.md).
     refit: bool = Field(
         True, description="after the gate promotes a full fine-tune, train it again on every real query, the gate's "
         "held-out ones too (train.embedder.refit_from says how), and serve that refit when it passes its check; the "
@@ -108,7 +108,7 @@ class EmbedderTrainSettings(ModelTrainSettings):
     adapter_batch_size: int = Field(
         64, ge=2, le=65536, description="queries per adapter step; each sees the others' answers as negatives")
     # Without the pull the adapter over-fits the first cycle's ~120-220 queries and falls below the base on
-    # both benchmarks' unseen questions; with 1.0 it is above the base on both (README, Large corpora).
+    # both benchmarks' unseen questions; with 1.0 it is above the base on both (docs/benchmarks.md, Large corpora).
     adapter_identity_decay: float = Field(
         1.0, ge=0, description="L2 pull of the adapter towards the identity (the serving model); 0: none"
     )
@@ -138,7 +138,7 @@ class RerankerTrainSettings(ModelTrainSettings):
         "bce", description='"bce" (BinaryCrossEntropyLoss), "lambda" (LambdaLoss) or "cached_mnrl"'
     )
     # A cold start (MiniLM with a fresh head) scored unseen hit@1 0.06-0.09 against the embedder's 0.61-0.67
-    # at every train size both benchmarks give (<= 207 pairs; README, Reranker). The crossing lies beyond
+    # at every train size both benchmarks give (<= 207 pairs; docs/research/reranker.md). The crossing lies beyond
     # what was measurable; 10,000 is a conservative "not at early traffic", not a measured crossing.
     min_pairs: int = Field(
         10_000, ge=0, description="a cycle trains a cold-start reranker (no train.reranker.base, none serving) only "

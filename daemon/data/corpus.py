@@ -53,7 +53,7 @@ def load_corpus(engine: Engine, path: str | Path, *, merge: bool = False) -> Cor
         records = _read_records(Path(path))
     except OSError as exc:
         raise RagloopError(f"cannot read the corpus file {path}: {exc.strerror}; pass the path of a JSONL file "
-                           "of chunks (see README, Corpus format)") from None
+                           "of chunks (see docs/log-format.md, Corpus format)") from None
     report = upsert_chunks(engine, records, mark_missing_removed=not merge)
     log.info("corpus.load", file=str(path), **report.as_dict())
     return report

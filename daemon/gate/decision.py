@@ -4,7 +4,7 @@ The candidate is compared with the **serving** model, not the last candidate: a 
 that each beat their predecessor by noise could otherwise drift below what production has. Both are
 scored on the same query sets in the same run, so every comparison is paired per query.
 
-The rule (README, "Gate"), each test one-sided at level a = 1 - gate.confidence (0.05), n = the set's size:
+The rule (docs/architecture.md, "Gate"), each test one-sided at level a = 1 - gate.confidence (0.05), n = the set's size:
   1. refuse a candidate trained on any held-out query (a leak makes every figure meaningless);
   2. undecided below gate.min_heldout held-out queries;
   3. gain: d_i = candidate - serving on the primary metric (default nDCG@10: graded, so a move from rank

@@ -99,7 +99,7 @@ def cold_start_skip(engine: Engine, settings: Settings, kind: str, train_pairs: 
 
     Only a cold-start reranker is skipped: no `train.reranker.base` and none serving to continue from (a
     fresh one-label head on MiniLM), while the train split holds fewer than `train.reranker.min_pairs`
-    pairs. Below that it cannot beat the embedder alone (measured, README), so training and gating it
+    pairs. Below that it cannot beat the embedder alone (measured, docs/research/reranker.md), so training and gating it
     would spend minutes of every cycle for a candidate the gate must keep out.
     """
     cfg = settings.train.reranker

@@ -4,7 +4,7 @@ The gate must test a candidate on queries it never trained on, so while traffic 
 learns from only about half of it (gate.heldout_target holds up to half out). Once the gate has shown on
 those held-out queries that the candidate beats what serves, they have done their job: a one-shot script
 would have trained on all of them. So, when train.embedder.refit is on (off by default: on both benchmarks
-the refit tied the gated candidate and doubled a promoting cycle; README, Loop quality), after the gate promotes a full fine-tune, the same recipe is trained again from
+the refit tied the gated candidate and doubled a promoting cycle; docs/research/loop-quality.md), after the gate promotes a full fine-tune, the same recipe is trained again from
 the same start on the train and held-out splits together (the usual refit on all data once a model has
 been selected), and the refit serves in the candidate's place if it passes a check against the candidate:
 
