@@ -73,10 +73,12 @@ def test_exposition_parses_and_escapes_label_values(settings, engine, tmp_path):
                          "label_unmatched": 0}
     assert got[("ragloop_quarantined", ())] == 3
 
-    m = Metrics(engine)
+    m = Metrics(engine, settings)
     m.observe_cycle([{"stage": "gate", "kind": "embedder", "seconds": 42.0}])
     text = m.render().decode()
     full = samples(text)
+    disk = {dict(k[1])["part"]: v for k, v in full.items() if k[0] == "ragloop_disk_bytes"}
+    assert set(disk) == {"models", "cache", "qdrant", "serving", "store", "total"} and disk["total"] >= disk["store"]
     assert full[("ragloop_stage_duration_seconds_count", (("stage", "gate"),))] == 1
     assert full[("ragloop_stage_duration_seconds_sum", (("stage", "gate"),))] == 42.0
     assert full[("ragloop_stage_duration_seconds_count", (("stage", "reindex"),))] == 0  # exists before it runs

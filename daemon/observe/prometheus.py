@@ -50,15 +50,21 @@ def reason_class():
 class StoreCollector(Collector):
     """Figures read from the store at scrape time."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, settings=None):
+        self.engine, self.settings = engine, settings
 
     def collect(self) -> Iterator[Any]:
-        s = collect_status(self.engine)
+        s = collect_status(self.engine, self.settings)
         events = CounterMetricFamily("ragloop_events", "Feedback events ingested.", labels=["kind"])
         events.add_metric(["miss"], s["misses"])
         events.add_metric(["hit"], s["hits"])
         yield events
+        if s.get("disk_mb"):  # with the daemon's settings: its state directory, by part
+            disk = GaugeMetricFamily("ragloop_disk_bytes", "Disk used under the state directory, by part.",
+                                     labels=["part"])
+            for part, mb in s["disk_mb"].items():
+                disk.add_metric([part], mb * 2**20)
+            yield disk
         yield GaugeMetricFamily("ragloop_unlabeled_events", "Retrievals logged without expected_ids whose label line "
                                 "has not been read yet.", value=s["unlabeled"])
         yield GaugeMetricFamily("ragloop_labels_waiting", "Label lines read whose retrieval has not been read yet.",
@@ -151,9 +157,9 @@ class StoreCollector(Collector):
 class Metrics:
     """The daemon's registry: the store's figures, this process's stage timings, and process metrics."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, settings=None):
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(engine))
+        self.registry.register(StoreCollector(engine, settings))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

@@ -62,7 +62,7 @@ class Daemon:
         if self.settings.service.metrics_addr:
             from daemon.observe.prometheus import Metrics, serve_metrics
 
-            self.metrics = Metrics(self.engine)
+            self.metrics = Metrics(self.engine, self.settings)
             self.metrics_server = serve_metrics(self.metrics, self.settings.service.metrics_addr)
         self._heartbeat()
         self._synth_enabled()  # says once whether synthesis is on
