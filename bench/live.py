@@ -321,14 +321,18 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
             with ThreadPoolExecutor(4) as pool_ex:
                 answers = list(pool_ex.map(lambda q: _ask(service, q), questions))
             failed += sum(a is None for a in answers)
-            hits = hit1 = 0
+            hits = hit1 = repeats = repeat_misses = 0
             versions = set()
+            asked_before = set(wrong)
             for q, a in zip(questions, answers):
                 if a is None:
                     continue
                 ids = [h["chunk_id"] for h in a["hits"]]
                 hit = bool(set(q["expected_ids"]) & set(ids))
                 hits += hit
+                if q["query"] in asked_before:  # asked on an earlier day: what learning from traffic can fix
+                    repeats += 1
+                    repeat_misses += not hit
                 hit1 += bool(ids) and ids[0] in q["expected_ids"]
                 versions.add(a["version"])
                 if q["query"] not in wrong:
@@ -375,6 +379,7 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
             rec = {"day": day, "asked": len(questions), "answered": answered,
                    "miss_rate": round(1 - hits / answered, 4) if answered else None,
                    "hit1": round(hit1 / answered, 4) if answered else None, "served_by": sorted(versions),
+                   "repeat_miss_rate": round(repeat_misses / repeats, 4) if repeats else None, "repeats": repeats,
                    "unseen": {m: round(sv[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr@10")},
                    "serving": unseen_client.version, "service_version": service.health()["version"],
                    "decisions": new_decisions, "cycle_s": round(cycle_s, 1),
@@ -409,7 +414,8 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
     script_part = (f"script_hit1={script['hit@1']:.3f} script_mrr10={script['mrr@10']:.3f} ") if script else ""
     print(f"\nwrote {out / 'days.json'}, {out / 'report.html'}, {out / 'days.svg'}")
     print(f"benchmark={name} days={args.days} miss_rate_day1={days[0]['miss_rate']:.3f} "
-          f"miss_rate_last={last['miss_rate']:.3f} promotions={promotions} cycles={len(daemon.cycles)} "
+          f"miss_rate_last={last['miss_rate']:.3f} repeat_miss_rate_day2={days[1]['repeat_miss_rate'] if len(days) > 1 else None} "
+          f"repeat_miss_rate_last={last['repeat_miss_rate']} promotions={promotions} cycles={len(daemon.cycles)} "
           f"serving_hit1={last['unseen']['hit@1']:.3f} serving_mrr10={last['unseen']['mrr@10']:.3f} {script_part}"
           f"lines_written={final_written} events_stored={final_stored['events']} labels_stored={final_stored['labels']} "
           f"quarantined={final_stored['quarantined']} failed_queries={failed} rss_growth={growth:.3f} "
@@ -487,8 +493,9 @@ def _settle(daemon: Daemon, engine, settings, logs: Path, kill: bool) -> tuple[f
 
 def _print_day(r: dict) -> None:
     u = r["unseen"]
-    print(f"day {r['day']:2d}: production miss rate {r['miss_rate']:.3f} hit@1 {r['hit1']:.3f} on {r['answered']} "
-          f"answers ({', '.join(r['served_by'])}) | unseen hit@1 {u['hit@1']:.3f} hit@5 {u['hit@5']:.3f} "
+    rep = "-" if r["repeat_miss_rate"] is None else f"{r['repeat_miss_rate']:.3f}"
+    print(f"day {r['day']:2d}: production miss rate {r['miss_rate']:.3f} ({rep} on {r['repeats']} repeated questions) "
+          f"hit@1 {r['hit1']:.3f} on {r['answered']} answers ({', '.join(r['served_by'])}) | unseen hit@1 {u['hit@1']:.3f} hit@5 {u['hit@5']:.3f} "
           f"hit@10 {u['hit@10']:.3f} mrr@10 {u['mrr@10']:.3f} ({r['serving']}) | cycles {r['cycle_s']:.0f}s, "
           f"daemon {r['daemon_rss_mb']:.0f} MB, state {r['disk_mb'].get('total', 0):.0f} MB (models "
           f"{r['disk_mb'].get('models', 0):.0f}, qdrant {r['disk_mb'].get('qdrant', 0):.0f}, cache "
