@@ -526,36 +526,51 @@ def _script_peer(engine, asked: list[dict], wrong: dict, unseen: list[dict], wor
 
 
 def chart(days: list[dict], name: str) -> str:
-    """An SVG of the days: production's miss rate, what serves on the unseen half, and what happened."""
-    w, h, left, top, bottom = 760, 340, 56, 40, 48
-    n = len(days)
-    x = lambda d: left + (d - 1) * (w - left - 24) / max(1, n - 1)  # noqa: E731
-    y = lambda v: top + (1 - v) * (h - top - bottom)  # noqa: E731
-    lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-             f'<text x="{left}" y="20" font-size="14">bench/live.py on {name}: {n} simulated days</text>']
-    for v in (0, 0.25, 0.5, 0.75, 1.0):
-        lines.append(f'<line x1="{left}" x2="{w - 24}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e3e3e3"/>'
-                     f'<text x="{left - 8}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0%}</text>')
-    for r in days:
-        lines.append(f'<text x="{x(r["day"]):.1f}" y="{h - bottom + 16}" text-anchor="middle">{r["day"]}</text>')
-        marks = [("promote" in {d["outcome"] for d in r["decisions"]}, "#2ca02c", "promoted"),
-                 (any("rollback" in o for o in r["ops"]), "#ff7f0e", "rollback"),
-                 (any("SIGKILL" in o for o in r["ops"]), "#000", "kill"),
-                 (any("corpus" in o for o in r["ops"]), "#9467bd", "corpus change")]
-        for i, (on, color, label) in enumerate(m for m in marks if m[0]):
-            lines.append(f'<text x="{x(r["day"]):.1f}" y="{top - 4 + 11 * i + 14:.1f}" fill="{color}" '
-                         f'text-anchor="middle" font-size="10">{label}</text>')
-    for key, color, label in ((lambda r: r["miss_rate"], "#d62728", "production miss rate (that day's traffic)"),
-                              (lambda r: r["hit1"], "#1f77b4", "production hit@1"),
-                              (lambda r: r["unseen"]["hit@1"], "#17becf", "unseen hit@1 of what serves")):
-        pts = " ".join(f"{x(r['day']):.1f},{y(key(r)):.1f}" for r in days if key(r) is not None)
-        lines.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
-    for i, (color, label) in enumerate((("#d62728", "production miss rate (that day's traffic)"),
-                                        ("#1f77b4", "production hit@1"), ("#17becf", "unseen hit@1 of what serves"))):
-        lines.append(f'<rect x="{left + i * 235}" y="{h - 18}" width="12" height="3" fill="{color}"/>'
-                     f'<text x="{left + i * 235 + 16}" y="{h - 13}">{label}</text>')
-    lines.append(f'<text x="{(w + left) / 2:.0f}" y="{h - bottom + 30}" text-anchor="middle">day</text></svg>')
-    return "\n".join(lines) + "\n"
+    """An SVG of the days: production's miss rates (top) and hit@1 (bottom), with what happened each day."""
+    w, left, right, n = 780, 60, 24, len(days)
+    panels = [("production miss rate", [("miss_rate", "#d62728", "that day's traffic"),
+                                        ("repeat_miss_rate", "#ff7f0e", "repeated questions")]),
+              ("hit@1", [("hit1", "#1f77b4", "production, that day's traffic"),
+                         ("unseen", "#17becf", "what serves, on the unseen half")])]
+    value = lambda r, k: r["unseen"]["hit@1"] if k == "unseen" else r.get(k)  # noqa: E731
+    x = lambda d: left + (d - 1) * (w - left - right) / max(1, n - 1)  # noqa: E731
+    ph, gap, top = 150, 56, 64
+    h = top + 2 * ph + gap + 40
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="20" font-size="14">bench/live.py on {name}: {n} simulated days beside a live service</text>']
+    events = [(r["day"], label, color) for r in days for on, color, label in (
+        (any(d["outcome"] == "promote" for d in r["decisions"]), "#2ca02c", "promoted"),
+        (any(d["outcome"] == "forced" for d in r["decisions"]), "#2ca02c", "forced"),
+        (any("rollback" in o for o in r["ops"]), "#8c564b", "rollback"),
+        (any("SIGKILL" in o for o in r["ops"]), "#000000", "kill"),
+        (any("corpus" in o for o in r["ops"]), "#9467bd", "corpus")) if on]
+    for i, (day, label, color) in enumerate(events):
+        out.append(f'<line x1="{x(day):.1f}" x2="{x(day):.1f}" y1="{top - 6}" y2="{top + 2 * ph + gap}" stroke="{color}" '
+                   f'stroke-dasharray="3,3"/><text x="{x(day) + 3:.1f}" y="{34 + 11 * (i % 2)}" fill="{color}" '
+                   f'font-size="10">{label}</text>')
+    for pi, (title, series) in enumerate(panels):
+        y0 = top + pi * (ph + gap)
+        vals = [value(r, k) for r in days for k, _, _ in series if value(r, k) is not None]
+        lo, hi = (0.0, max(0.05, max(vals, default=0.05) * 1.25)) if pi == 0 else (
+            max(0.0, min(vals, default=0.0) - 0.05), min(1.0, max(vals, default=1.0) + 0.05))
+        y = lambda v: y0 + (1 - (v - lo) / (hi - lo)) * ph  # noqa: E731
+        out.append(f'<text x="{left}" y="{y0 - 8}" font-weight="bold">{title}</text>')
+        for j in range(5):
+            v = lo + (hi - lo) * j / 4
+            out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e6e6e6"/>'
+                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0%}</text>')
+        for i, (key, color, label) in enumerate(series):
+            pts = [(x(r["day"]), y(value(r, key))) for r in days if value(r, key) is not None]
+            out.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" fill="none" '
+                       f'stroke="{color}" stroke-width="2"/>')
+            out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"/>' for a, b in pts]
+            out.append(f'<rect x="{left + 140 + i * 250}" y="{y0 - 17}" width="12" height="3" fill="{color}"/>'
+                       f'<text x="{left + 156 + i * 250}" y="{y0 - 12}" font-size="11">{label}</text>')
+    base = top + 2 * ph + gap
+    out += [f'<text x="{x(r["day"]):.1f}" y="{base + 16}" text-anchor="middle">{r["day"]}</text>' for r in days]
+    out.append(f'<text x="{(w + left) / 2:.0f}" y="{base + 32}" text-anchor="middle">simulated day</text></svg>')
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
