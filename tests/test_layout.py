@@ -9,7 +9,7 @@ import pytest
 DAEMON = Path(__file__).resolve().parent.parent / "daemon"
 REPO = DAEMON.parent
 # Lowest first: a room may import from its own layer's modules and from the layers below it, never above.
-LAYERS = [{"errors", "config", "journal"}, {"store"}, {"models"}, {"data"}, {"ingest"}, {"gate"}, {"train"},
+LAYERS = [{"errors", "config", "journal", "process"}, {"store"}, {"models"}, {"data"}, {"ingest"}, {"gate"}, {"train"},
           {"serve"}, {"observe"}, {"service"}, {"cli"}]
 RANK = {room: i for i, layer in enumerate(LAYERS) for room in layer}
 MAX_LINES = 400

@@ -167,3 +167,42 @@ def test_bad_training_config_fails_before_any_work(tmp_path, db_url, engine):
         run_job(engine, s, "reranker")
     assert time.monotonic() - t0 < 5
     assert not (s.models_dir / "reranker").exists()
+
+
+def test_a_training_child_dies_with_a_sigkilled_daemon(tmp_path):
+    """SIGKILL reaches only the daemon's process group; the child has its own session. Found by bench/live.py:
+    an orphaned child trained on and wrote a model folder nobody registered. It now dies with its starter."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(
+        "import os, time\nfrom daemon.process import die_with_starter\ndie_with_starter()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    (tmp_path / "parent.py").write_text(
+        "import subprocess, sys, time\nfrom daemon.process import child_env\n"
+        f"subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}], start_new_session=True, env=child_env())\n"
+        "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child did not start"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived its SIGKILLed parent"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "State:\tZ" not in fh.read()  # a zombie waiting for init to reap it is gone
+    except FileNotFoundError:
+        return False

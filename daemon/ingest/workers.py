@@ -14,7 +14,6 @@ parent (PR_SET_PDEATHSIG), so a killed ingester leaves no orphan writing behind 
 
 from __future__ import annotations
 
-import ctypes
 import gzip
 import io
 import multiprocessing
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
 from sqlalchemy.engine import Engine
+
+from daemon.process import die_with_parent
 
 _TURN_POLL_S = 0.1
 # A worker that reports nothing for this long is presumed stuck: a fork can copy a lock that another
@@ -171,7 +172,7 @@ def _watch(open_pipes: dict, halt, on_commit, stop) -> tuple[str | None, bool, b
 
 
 def _worker(w: int, n: int, job: WorkerJob, turns, halt, pipes, parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     for i, (recv, other_send) in enumerate(pipes):
         recv.close()
         if i != w:  # another worker's pipe must see EOF when that worker dies, so hold no copy of it
@@ -215,13 +216,3 @@ def _await_turn(turn, halt) -> bool:
         if halt.is_set():
             return False
     return not halt.is_set()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGKILL this process when the parent dies, so no orphan keeps committing."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)

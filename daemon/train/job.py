@@ -30,6 +30,7 @@ from daemon.config import Settings
 from daemon.errors import RagloopError
 from daemon.models import registry
 from daemon.models.load import base_embedder_path, packaged_minilm
+from daemon.process import child_env
 
 log = structlog.get_logger(__name__)
 
@@ -189,7 +190,7 @@ def child_command(job_path: Path, devices: list[str]) -> list[str]:
 def _run_child(job_path: Path, cancel: threading.Event | None, timeout_s: float, devices: list[str] = ()) -> None:
     # start_new_session: the child gets its own process group, so a Ctrl-C at the terminal reaches only
     # the daemon, which then decides to cancel the job cleanly (killpg reaches torchrun's workers too).
-    proc = subprocess.Popen(child_command(job_path, list(devices)), start_new_session=True)
+    proc = subprocess.Popen(child_command(job_path, list(devices)), start_new_session=True, env=child_env())
     deadline = time.monotonic() + timeout_s
     try:
         while proc.poll() is None:
