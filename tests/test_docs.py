@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from daemon.config.reference import render
+from daemon.config import reference_page as render
 
 from helpers import REPO
 

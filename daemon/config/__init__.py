@@ -12,4 +12,12 @@ from daemon.config.training import EmbedderTrainSettings, MiningSettings, Rerank
 
 __all__ = ["Settings", "load_settings", "settings_from_dict", "LogSettings", "StoreSettings", "IngestSettings",
            "GateSettings", "QdrantSettings", "IndexSettings", "ServingSettings", "SynthSettings", "ScheduleSettings",
-           "ServiceSettings", "TrainSettings", "MiningSettings", "EmbedderTrainSettings", "RerankerTrainSettings"]
+           "ServiceSettings", "TrainSettings", "MiningSettings", "EmbedderTrainSettings", "RerankerTrainSettings",
+           "reference_page"]
+
+
+def reference_page() -> str:
+    """docs/configuration-reference.md as the settings model gives it (``python -m daemon.config.reference``)."""
+    from daemon.config.reference import render
+
+    return render()
