@@ -559,7 +559,7 @@ def chart(days: list[dict], name: str) -> str:
         for j in range(5):
             v = lo + (hi - lo) * j / 4
             out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e6e6e6"/>'
-                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0%}</text>')
+                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1%}</text>')
         for i, (key, color, label) in enumerate(series):
             pts = [(x(r["day"]), y(value(r, key))) for r in days if value(r, key) is not None]
             out.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" fill="none" '
