@@ -176,7 +176,10 @@ def _malformed(rng: random.Random, i: int) -> str:
     if kind == 1:
         return rng.choice(["null", "[]", "42", '"str"', "{}", "{", "}{", "\x00\x01", "💥"])
     if kind == 2:
-        del good[rng.choice(["ts", "query", "expected_ids", "retrieved_ids"])]
+        key = rng.choice(["ts", "query", "expected_ids", "retrieved_ids"])
+        del good[key]
+        if key in ("query", "expected_ids"):  # with a request_id, a label line or a retrieval labelled later
+            del good["request_id"]
     elif kind == 3:
         good[rng.choice(["ts", "query", "expected_ids", "retrieved_ids"])] = rng.choice([None, 7, 1.5, True, {}, [None]])
     elif kind == 4:
