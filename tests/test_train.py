@@ -172,7 +172,6 @@ def test_bad_training_config_fails_before_any_work(tmp_path, db_url, engine):
 def test_a_training_child_dies_with_a_sigkilled_daemon(tmp_path):
     """SIGKILL reaches only the daemon's process group; the child has its own session. Found by bench/live.py:
     an orphaned child trained on and wrote a model folder nobody registered. It now dies with its starter."""
-    import os
     import signal
     import subprocess
     import sys

@@ -54,12 +54,7 @@ class FeedbackLog:
             event["retrieved_scores"] = [float(s) for s in retrieved_scores]
         if request_id is not None:
             event["request_id"] = request_id
-        if (source := source or self.source) is not None:
-            event["source"] = source
-        event.update(extra)
-        _check(event)
-        self._write((json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
-        return event
+        return self._emit(event, source, extra, _check)
 
     def log_result(self, result: SearchResult, expected_ids: Sequence[str] | None = None, **kw: Any) -> dict[str, Any]:
         """`log` for a `Retriever.search` answer: its ids and scores, and the version that ranked them.
@@ -80,12 +75,7 @@ class FeedbackLog:
         Returns the line as written; ValueError, naming the field, for a label ragloop would quarantine.
         """
         line: dict[str, Any] = {"ts": _timestamp(ts), "request_id": request_id, "expected_ids": list(expected_ids)}
-        if (source := source or self.source) is not None:
-            line["source"] = source
-        line.update(extra)
-        _check_label(line)
-        self._write((json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
-        return line
+        return self._emit(line, source, extra, _check_label)
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +88,15 @@ class FeedbackLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _emit(self, line: dict[str, Any], source: str | None, extra: dict[str, Any], check) -> dict[str, Any]:
+        """Add the source and any extra fields, check the line (ValueError: nothing written), write it."""
+        if (source := source or self.source) is not None:
+            line["source"] = source
+        line.update(extra)
+        check(line)
+        self._write((json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        return line
 
     def _write(self, data: bytes) -> None:
         with self._lock:

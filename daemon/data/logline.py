@@ -4,10 +4,10 @@ A line is one of three shapes (schema: ``daemon/data/schemas/feedback-v1.schema.
 
 - a retrieval event with its label (``expected_ids``): a hit or a miss;
 - a retrieval event without ``expected_ids`` but with a ``request_id``: stored as "unlabeled" until
-- a label: ``ts``, ``request_id`` and ``expected_ids`` without a ``query``, which completes the retrieval
-  with that request id into a hit or a miss whenever both are in the store (daemon/ingest/labels.py).
- Validation is not done with a JSON Schema library
-because it runs once per production log line and ingest throughput is a target: a typed msgspec decode
+- a label: ``ts``, ``request_id`` and ``expected_ids`` without a ``query``, completes the retrieval with that
+  request id into a hit or a miss whenever both are in the store (daemon/ingest/labels.py).
+
+Validation is not done with a JSON Schema library because it runs once per production log line and ingest throughput is a target: a typed msgspec decode
 does the types in C, hand-written checks the values; ``tests/test_logline.py`` checks that this agrees
 with the schema, and that the typed path agrees with the generic one that explains failures.
 """
@@ -99,7 +99,6 @@ def parse_event(line: bytes | str, limits: Limits) -> Event | Label:
     return _event(w.ts, query, expected, retrieved, w.retrieved_scores, w.request_id, w.source, limits)
 
 
-
 def _parse_untyped(line: bytes | str, limits: Limits) -> Event:
     """The reference path: generic JSON, then a type check per field with a message for each."""
     try:
@@ -140,8 +139,7 @@ def _shape(ts: Any, query: str | None, expected: list[str] | None, retrieved: li
         ts_stored = _parse_ts(ts)
         _check_ids("expected_ids", expected, limits.max_ids, min_len=1)
         _check_known(expected, limits)
-        if source is not None and "\x00" in source:
-            raise LogLineError('field "source" must be a string without NUL characters')
+        _check_no_nul("source", source)
         return Label(ts_stored, request_id, expected, source)
     if retrieved is None:
         raise LogLineError('missing field "retrieved_ids"')
@@ -149,6 +147,11 @@ def _shape(ts: Any, query: str | None, expected: list[str] | None, retrieved: li
         raise LogLineError('missing field "expected_ids" (or log a "request_id" and its label line later)')
     _check_request_id(request_id)
     return _event(ts, query, expected, retrieved, scores, request_id, source, limits)
+
+
+def _check_no_nul(key: str, v: str | None) -> None:
+    if v is not None and "\x00" in v:
+        raise LogLineError(f'field "{key}" must be a string without NUL characters')
 
 
 def _check_request_id(request_id: str) -> None:
@@ -187,8 +190,7 @@ def _event(ts: Any, query: str, expected: list[str] | None, retrieved: list[str]
         _check_ids("retrieved_ids", retrieved, limits.max_ids, min_len=0)
         if scores is not None and len(scores) != len(retrieved):
             raise LogLineError(_SCORES_MSG)
-        if source is not None and "\x00" in source:
-            raise LogLineError('field "source" must be a string without NUL characters')
+        _check_no_nul("source", source)
         return Event(ts_stored, query, [], retrieved, scores, request_id, source, UNLABELED, None)
     max_ids = limits.max_ids
     # One expression for the common case of a good line (this runs for every production log line);
@@ -216,9 +218,8 @@ def _explain(query: str, expected: list[str], retrieved: list[str], scores: list
     _check_ids("retrieved_ids", retrieved, limits.max_ids, min_len=0)
     if scores is not None and len(scores) != len(retrieved):
         raise LogLineError(_SCORES_MSG)
-    for key, v in (("request_id", request_id), ("source", source)):
-        if v is not None and "\x00" in v:
-            raise LogLineError(f'field "{key}" must be a string without NUL characters')
+    _check_no_nul("request_id", request_id)
+    _check_no_nul("source", source)
     raise AssertionError("a value check failed without a reason")  # the two lists of checks disagree
 
 

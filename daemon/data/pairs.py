@@ -178,17 +178,19 @@ _ON_CONFLICT = """ON CONFLICT (query_norm, chunk_id) DO UPDATE SET
       THEN excluded.last_seen ELSE training_pairs.last_seen END"""
 
 
-def placeholders(dialect, columns: tuple[str, ...], json_cols: set[str], time_cols: set[str]) -> str:
-    """VALUES placeholders for driver-level SQL. Rows carry JSON and UTC times as text; SQLite
-    stores them as is, PostgreSQL casts them to json and timestamptz."""
+def placeholder(dialect, kind: str = "") -> str:
+    """One parameter of driver-level SQL. Rows carry JSON (``kind`` "json") and UTC times ("time") as text;
+    SQLite stores them as is, PostgreSQL casts them to json and timestamptz."""
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    if dialect.name == "sqlite":
-        return ", ".join([mark] * len(columns))
-    return ", ".join(
-        f"CAST({mark} AS JSON)" if c in json_cols
-        else f"(CAST({mark} AS TIMESTAMP) AT TIME ZONE 'UTC')" if c in time_cols else mark
-        for c in columns
-    )
+    if dialect.name == "sqlite" or not kind:
+        return mark
+    return f"CAST({mark} AS JSON)" if kind == "json" else f"(CAST({mark} AS TIMESTAMP) AT TIME ZONE 'UTC')"
+
+
+def placeholders(dialect, columns: tuple[str, ...], json_cols: set[str], time_cols: set[str]) -> str:
+    """VALUES placeholders for driver-level SQL, one per column (see `placeholder`)."""
+    return ", ".join(placeholder(dialect, "json" if c in json_cols else "time" if c in time_cols else "")
+                     for c in columns)
 
 
 def upsert_sql(dialect) -> str:

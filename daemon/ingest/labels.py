@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.config import Settings
 from daemon.data.logline import UNLABELED, Event, best_rank, classify, ts_text
-from daemon.data.pairs import PairBatch, QueryKeys, upsert_rows
+from daemon.data.pairs import PairBatch, QueryKeys, placeholder, upsert_rows
 from daemon.errors import StoreError
 from daemon.ingest.commit import count_sql
 from daemon.store.db import FeedbackEvent, FeedbackLabel, Quarantine, utcnow, write_tx
@@ -96,8 +96,7 @@ def _join_chunk(conn: sa.Connection, k: int, keys: QueryKeys, counts_sql: str, a
         if not events:
             continue  # its retrieval has not been read (or a first label took it): it waits
         e = events.pop(0)  # the most recent unlabeled retrieval with this request id
-        expected, raw = _json(label.expected_ids), _json(e.raw)
-        retrieved = raw.get("retrieved_ids") or []
+        expected, retrieved = label.expected_ids, e.raw.get("retrieved_ids") or []
         rank = best_rank(expected, retrieved)
         kind = classify(rank, k)
         event_updates.append((kind, rank, e.id))
@@ -106,8 +105,7 @@ def _join_chunk(conn: sa.Connection, k: int, keys: QueryKeys, counts_sql: str, a
         counts += [(ts[:13], UNLABELED, -1), (ts[:13], kind, 1)]
         pairs.add_event(Event(ts, e.query, expected, retrieved, None, None, None, kind, rank))
     if event_updates:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        at = f"(CAST({mark} AS TIMESTAMP) AT TIME ZONE 'UTC')" if pg else mark
+        mark, at = placeholder(conn.dialect), placeholder(conn.dialect, "time")
         # Driver-level executemany: per-row SQLAlchemy updates made the join six times slower than reading.
         n_events = conn.exec_driver_sql(
             f"UPDATE feedback_events SET kind = {mark}, rank = {mark} WHERE id = {mark} AND kind = '{UNLABELED}'",
@@ -129,7 +127,7 @@ def sweep(engine: Engine, settings: Settings) -> int:
     cutoff = utcnow() - timedelta(seconds=wait)
     stale = sa.and_(labels_t.c.event_id.is_(None), labels_t.c.created_at < cutoff)
     with engine.connect() as conn:
-        if not waiting(conn) or conn.scalar(sa.select(labels_t.c.id).where(stale).limit(1)) is None:
+        if conn.scalar(sa.select(labels_t.c.id).where(stale).limit(1)) is None:
             return 0
     moved = 0
     while True:
@@ -143,7 +141,7 @@ def sweep(engine: Engine, settings: Settings) -> int:
             now = utcnow()
             conn.execute(quarantine_t.insert(), [dict(
                 file=r["file"], line_no=r["line_no"], offset=r["offset"], created_at=now,
-                raw=json.dumps(_json(r["raw"]), ensure_ascii=False, separators=(",", ":")),
+                raw=json.dumps(r["raw"], ensure_ascii=False, separators=(",", ":")),
                 reason=(f"label for request_id {r['request_id']!r}: no unlabeled retrieval with this request_id "
                         f"was read within ingest.label_wait_s={wait:g} s (an unknown request, or one already "
                         "labelled); `ragloop quarantine retry` stores it again"),
@@ -155,7 +153,3 @@ def sweep(engine: Engine, settings: Settings) -> int:
     log.warning("ingest.labels_quarantined", labels=moved, label_wait_s=wait)
     return moved
 
-
-def _json(v: Any) -> Any:
-    """A JSON column's value (raw SQL on some backends returns it as text)."""
-    return json.loads(v) if isinstance(v, str) else v
