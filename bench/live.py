@@ -62,21 +62,32 @@ def load_benchmark(arg: str) -> tuple[str, Path, list[dict], list[dict]]:
 
 
 class Traffic:
-    """Which questions users ask on each day: a popularity order (Zipf, s=1), new questions appearing daily."""
+    """Which questions users ask on each day: a popularity order (Zipf, s=1), new questions appearing daily.
 
-    def __init__(self, pool: list[dict], days: int, seed: int, first_share: float = 0.4):
+    A question appears on a day because someone asks it: each new one is asked that day, and the rest of the
+    day's questions are drawn by popularity (with repeats) from all that have appeared. The first day opens
+    with ``first_share`` of the pool; the rest appear evenly until day ``growth_days`` (default: the last day).
+    """
+
+    def __init__(self, pool: list[dict], days: int, seed: int, first_share: float = 0.4,
+                 growth_days: int | None = None):
         self.rng = random.Random(seed)
         self.pool = pool[:]
         self.rng.shuffle(self.pool)  # the order questions appear in, and their popularity rank
-        self.days, self.first = days, max(1, int(len(pool) * first_share))
+        self.growth_days = max(1, min(days, growth_days or days))
+        self.first = max(1, int(len(pool) * first_share))
 
     def available(self, day: int) -> list[dict]:
-        grow = (len(self.pool) - self.first) / max(1, self.days - 1)
-        return self.pool[: self.first + int(grow * (day - 1))]
+        grow = (len(self.pool) - self.first) / max(1, self.growth_days - 1)
+        return self.pool[: min(len(self.pool), self.first + int(grow * (day - 1)))]
 
     def draw(self, day: int, n: int) -> list[dict]:
         qs = self.available(day)
-        return self.rng.choices(qs, weights=[1 / (i + 1) for i in range(len(qs))], k=n)
+        new = qs[len(self.available(day - 1)):] if day > 1 else qs
+        rest = self.rng.choices(qs, weights=[1 / (i + 1) for i in range(len(qs))], k=max(0, n - len(new)))
+        day_qs = new[:n] + rest
+        self.rng.shuffle(day_qs)
+        return day_qs
 
 
 def change_corpus(src: Path, dst: Path, answers: set[str], seed: int) -> dict[str, int]:
@@ -243,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark", default="examples", help=f"{' or '.join(DIRS)}, or a folder with corpus.jsonl "
                     "and questions.jsonl")
     ap.add_argument("--days", type=int, default=14)
-    ap.add_argument("--queries", type=int, default=100, help="questions asked per day (with repeats)")
+    ap.add_argument("--queries", type=int, default=100, help="questions asked per day (with repeats; each new "
+                    "question is asked the day it appears)")
+    ap.add_argument("--growth-days", type=int, default=None, help="the day the last of the traffic questions "
+                    "appears (default: the last day); the first day opens with 40%% of them")
     ap.add_argument("--label-share", type=float, default=0.8, help="share of answers whose label ever arrives")
     ap.add_argument("--min-new-pairs", type=int, default=40, help="schedule.min_new_pairs: a cycle's trigger")
     ap.add_argument("--kinds", nargs="+", choices=("embedder", "reranker"), default=["embedder"],
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "bench" / "out" / f"live-{name}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = None if args.work else tempfile.TemporaryDirectory()
-    work = args.work or Path(tmp.name)
+    work = (args.work or Path(tmp.name)).resolve()  # logrotate takes absolute paths only
     try:
         return run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, corpus_day)
     finally:
@@ -307,7 +321,7 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
     service = Service(settings.manifest_path, logs / "service.jsonl", work / "service.err")
     engine = open_store(settings.store_url, migrate=False)
     unseen_client = Retriever(settings.manifest_path, device="cpu", watch=False)
-    traffic = Traffic(pool, args.days, args.seed)
+    traffic = Traffic(pool, args.days, args.seed, growth_days=args.growth_days)
     rng = random.Random(args.seed + 1)
     days, later_labels, failed, wrong, asked = [], [], 0, {}, []
     pending_kill, rolled_back, decisions_seen = kill_day > 0, False, 0
@@ -526,16 +540,24 @@ def _script_peer(engine, asked: list[dict], wrong: dict, unseen: list[dict], wor
 
 
 def chart(days: list[dict], name: str) -> str:
-    """An SVG of the days: production's miss rates (top) and hit@1 (bottom), with what happened each day."""
+    """An SVG of the days: production's miss rates, hit@1, and the state directory and daemon memory, with what
+    happened each day."""
     w, left, right, n = 780, 60, 24, len(days)
-    panels = [("production miss rate", [("miss_rate", "#d62728", "that day's traffic"),
-                                        ("repeat_miss_rate", "#ff7f0e", "repeated questions")]),
-              ("hit@1", [("hit1", "#1f77b4", "production, that day's traffic"),
-                         ("unseen", "#17becf", "what serves, on the unseen half")])]
-    value = lambda r, k: r["unseen"]["hit@1"] if k == "unseen" else r.get(k)  # noqa: E731
+    pct, mb = (lambda v: f"{v:.1%}"), (lambda v: f"{v:,.0f}")  # noqa: E731
+    panels = [("production miss rate", pct, [("miss_rate", "#d62728", "that day's traffic"),
+                                             ("repeat_miss_rate", "#ff7f0e", "repeated questions")]),
+              ("hit@1", pct, [("hit1", "#1f77b4", "production, that day's traffic"),
+                              ("unseen", "#17becf", "what serves, on the unseen half")]),
+              ("MB at the end of the day", mb, [("state", "#7f7f7f", "state directory"),
+                                                ("models", "#bcbd22", "of which models"),
+                                                ("rss", "#e377c2", "daemon RSS")])]
+    keys = {"unseen": lambda r: r["unseen"]["hit@1"], "state": lambda r: r["disk_mb"].get("total"),
+            "models": lambda r: r["disk_mb"].get("models"), "rss": lambda r: r.get("daemon_rss_mb")}
+    value = lambda r, k: keys[k](r) if k in keys else r.get(k)  # noqa: E731
     x = lambda d: left + (d - 1) * (w - left - right) / max(1, n - 1)  # noqa: E731
     ph, gap, top = 150, 56, 64
-    h = top + 2 * ph + gap + 40
+    bottom = top + len(panels) * ph + (len(panels) - 1) * gap
+    h = bottom + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
            f'<text x="{left}" y="20" font-size="14">bench/live.py on {name}: {n} simulated days beside a live service</text>']
@@ -546,30 +568,33 @@ def chart(days: list[dict], name: str) -> str:
         (any("SIGKILL" in o for o in r["ops"]), "#000000", "kill"),
         (any("corpus" in o for o in r["ops"]), "#9467bd", "corpus")) if on]
     for i, (day, label, color) in enumerate(events):
-        out.append(f'<line x1="{x(day):.1f}" x2="{x(day):.1f}" y1="{top - 6}" y2="{top + 2 * ph + gap}" stroke="{color}" '
+        out.append(f'<line x1="{x(day):.1f}" x2="{x(day):.1f}" y1="{top - 6}" y2="{bottom}" stroke="{color}" '
                    f'stroke-dasharray="3,3"/><text x="{x(day) + 3:.1f}" y="{34 + 11 * (i % 2)}" fill="{color}" '
                    f'font-size="10">{label}</text>')
-    for pi, (title, series) in enumerate(panels):
+    for pi, (title, fmt, series) in enumerate(panels):
         y0 = top + pi * (ph + gap)
         vals = [value(r, k) for r in days for k, _, _ in series if value(r, k) is not None]
-        lo, hi = (0.0, max(0.05, max(vals, default=0.05) * 1.25)) if pi == 0 else (
-            max(0.0, min(vals, default=0.0) - 0.05), min(1.0, max(vals, default=1.0) + 0.05))
+        if fmt is mb:
+            lo, hi = 0.0, max(1.0, max(vals, default=1.0) * 1.1)
+        elif pi == 0:
+            lo, hi = 0.0, max(0.05, max(vals, default=0.05) * 1.25)
+        else:
+            lo, hi = max(0.0, min(vals, default=0.0) - 0.05), min(1.0, max(vals, default=1.0) + 0.05)
         y = lambda v: y0 + (1 - (v - lo) / (hi - lo)) * ph  # noqa: E731
         out.append(f'<text x="{left}" y="{y0 - 8}" font-weight="bold">{title}</text>')
         for j in range(5):
             v = lo + (hi - lo) * j / 4
             out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e6e6e6"/>'
-                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1%}</text>')
+                       f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
         for i, (key, color, label) in enumerate(series):
             pts = [(x(r["day"]), y(value(r, key))) for r in days if value(r, key) is not None]
             out.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}" fill="none" '
                        f'stroke="{color}" stroke-width="2"/>')
             out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"/>' for a, b in pts]
-            out.append(f'<rect x="{left + 140 + i * 250}" y="{y0 - 17}" width="12" height="3" fill="{color}"/>'
-                       f'<text x="{left + 156 + i * 250}" y="{y0 - 12}" font-size="11">{label}</text>')
-    base = top + 2 * ph + gap
-    out += [f'<text x="{x(r["day"]):.1f}" y="{base + 16}" text-anchor="middle">{r["day"]}</text>' for r in days]
-    out.append(f'<text x="{(w + left) / 2:.0f}" y="{base + 32}" text-anchor="middle">simulated day</text></svg>')
+            out.append(f'<rect x="{left + 200 + i * 180}" y="{y0 - 17}" width="12" height="3" fill="{color}"/>'
+                       f'<text x="{left + 216 + i * 180}" y="{y0 - 12}" font-size="11">{label}</text>')
+    out += [f'<text x="{x(r["day"]):.1f}" y="{bottom + 16}" text-anchor="middle">{r["day"]}</text>' for r in days]
+    out.append(f'<text x="{(w + left) / 2:.0f}" y="{bottom + 32}" text-anchor="middle">simulated day</text></svg>')
     return "\n".join(out) + "\n"
 
 

@@ -22,6 +22,7 @@ from daemon.config import Settings, load_settings
 from daemon.errors import RagloopError
 from daemon.ingest.reader import ingest_once
 from daemon.models import registry
+from daemon.process import release_memory, rss_bytes
 from daemon.serve import open_vectors, republish_if_stale
 from daemon.service.cycle import cycle_due, run_cycle
 from daemon.service.lock import InstanceLock
@@ -214,11 +215,13 @@ class Daemon:
         """Run a cycle if one is due and none is running."""
         if self.stop.is_set() or not self.cycle_lock.acquire(blocking=False):
             return
+        ran = False
         try:
             due, why = cycle_due(self.engine, self.settings, force=reason == "cron")
             if not due:
                 log.debug("service.cycle_not_due", reason=why)
                 return
+            ran = True
             self._set_stage(f"cycle ({reason}): {why}")
             report = run_cycle(self.engine, self.settings, cancel=self.cancel, on_stage=self._set_stage)
             self.totals["cycles"] += 1
@@ -235,6 +238,12 @@ class Daemon:
             self.totals["errors"] += 1
             log.exception("service.cycle_failed", error=str(exc))
         finally:
+            before = rss_bytes() if ran else None
+            if ran and release_memory():
+                after = rss_bytes()
+                if before and after:
+                    log.info("service.memory_released", rss_mb_before=round(before / 2**20),
+                              rss_mb_after=round(after / 2**20))
             if self.stage != "idle":
                 self._set_stage("idle")
             self.cycle_lock.release()

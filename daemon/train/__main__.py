@@ -9,14 +9,18 @@ import signal
 import sys
 from pathlib import Path
 
-from daemon.journal import configure_logging
 from daemon.process import die_with_starter
-from daemon.train.child import fit
-from daemon.train.job import TrainJob
+
+# First, before the seconds of importing torch: a daemon SIGKILLed while this child starts leaves no child training
+# on, writing a model nobody registers (bench/live.py caught one killed in that window).
+die_with_starter()
+
+from daemon.journal import configure_logging  # noqa: E402
+from daemon.train.child import fit  # noqa: E402
+from daemon.train.job import TrainJob  # noqa: E402
 
 
 def main(job_path: str) -> int:
-    die_with_starter()  # a SIGKILLed daemon leaves no child training on, writing a model nobody registers
     job = TrainJob.model_validate_json(Path(job_path).read_text())
     configure_logging(job.settings.log.level, job.settings.log.format)
     # SIGTERM from the parent: stop at once; the parent deletes the temporary folder.
