@@ -420,6 +420,7 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
     (out / "report.html").write_text(build_report(engine), encoding="utf-8")
     (out / "days.svg").write_text(chart(days, name))
     engine.dispose()
+    print("\n" + by_version(days))
     promotions = sum(d["outcome"] in ("promote", "forced") for r in days for d in r["decisions"])
     rss = [r["daemon_rss_mb"] for r in days]
     growth = (max(rss[1:]) / rss[1] - 1) if len(rss) > 1 else 0.0
@@ -537,6 +538,30 @@ def _script_peer(engine, asked: list[dict], wrong: dict, unseen: list[dict], wor
     print(f"\none-shot script on the {len(seen)} questions production was asked, on the {len(unseen)} unseen:")
     print_paired(Scores(serving.per_query), script, "what serves - the one-shot script")
     return script.mean()
+
+
+def by_version(days: list[dict]) -> str:
+    """Production's answers pooled by the model that served them (whole days; a day's traffic is answered before
+    its cycle, so one version serves a day), with 95% Wilson intervals: what users experienced under each."""
+    from daemon.observe.report import wilson
+
+    runs: list[tuple[str, list[dict]]] = []
+    for r in days:
+        v = ", ".join(r["served_by"])
+        if runs and runs[-1][0] == v:
+            runs[-1][1].append(r)
+        else:
+            runs.append((v, [r]))
+    lines = ["production by serving version (consecutive days pooled; 95% Wilson intervals):",
+             "| days | serving | answers | miss rate | hit@1 |", "| --- | --- | --- | --- | --- |"]
+    for v, rs in runs:
+        n = sum(r["answered"] for r in rs)
+        miss = round(sum(r["miss_rate"] * r["answered"] for r in rs))
+        hit1 = round(sum(r["hit1"] * r["answered"] for r in rs))
+        (ml, mh), (hl, hh) = wilson(miss, n), wilson(hit1, n)
+        span = f"{rs[0]['day']}" if len(rs) == 1 else f"{rs[0]['day']}-{rs[-1]['day']}"
+        lines.append(f"| {span} | {v} | {n} | {miss / n:.3f} [{ml:.3f}, {mh:.3f}] | {hit1 / n:.3f} [{hl:.3f}, {hh:.3f}] |")
+    return "\n".join(lines)
 
 
 def chart(days: list[dict], name: str) -> str:
