@@ -252,3 +252,50 @@ def test_new_collections_take_their_layout_from_config(settings, engine, corpus,
     assert params.vectors.on_disk is True and params.vectors.size == 384
     hits = search(engine, settings, corpus[5]["text"], k=1, model=minilm)
     assert hits[0][0] == corpus[5]["id"]
+
+
+def test_a_corpus_change_reaches_the_serving_index_without_a_promotion(settings, engine, corpus, minilm):
+    """bench/live.py found production serving removed chunks and old texts for days after `ragloop corpus load`
+    (only a promotion re-indexed). The daemon now re-indexes the serving collection when the corpus changed
+    after it was built: removed chunks gone, added ones found, edited texts current, the manifest moved on."""
+    from daemon.serve import refresh_serving_index, serving_index_stale
+
+    build_index(engine, settings, model=minilm)
+    assert serving_index_stale(engine, settings) is None and refresh_serving_index(engine, settings) is None
+    rows = [dict(r) for r in corpus]
+    removed, edited = rows.pop(3), rows[5]
+    edited["text"] += " Revised: the answer now covers the newer release too."
+    added = dict(rows[9], id="added-chunk", text="Ragloop re-indexes the corpus when it changes.")
+    rep = upsert_chunks(engine, rows + [added], mark_missing_removed=True)
+    assert (rep.added, rep.changed, rep.removed) == (1, 1, 1)
+    assert "1 added, 1 changed, 1 removed" in serving_index_stale(engine, settings)
+
+    r = refresh_serving_index(engine, settings)
+    assert (r.collection, r.previous, r.chunks) == ("chunks__v2", "chunks__v1", N)
+    assert r.encoded == 2  # the edited and the added chunk; the rest came from the vector cache
+    assert alias_target(settings) == "chunks__v2"
+    assert json.loads(settings.manifest_path.read_text())["collection"] == "chunks__v2"
+    client = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        points, _ = client.scroll("chunks__v2", limit=1000, with_payload=True)
+    finally:
+        client.close()
+    served = {p.payload["chunk_id"]: p.payload["text"] for p in points}
+    assert removed["id"] not in served and served["added-chunk"] == added["text"]
+    assert served[edited["id"]] == edited["text"]
+    assert search(engine, settings, added["text"], k=1)[0][0] == "added-chunk"
+    assert serving_index_stale(engine, settings) is None  # once per change
+
+
+def test_a_failed_refresh_is_not_retried_on_the_same_change(settings, engine, corpus, minilm):
+    from daemon.serve import refresh_serving_index, serving_index_stale
+
+    build_index(engine, settings, model=minilm)
+    upsert_chunks(engine, [], mark_missing_removed=True)  # every chunk removed: nothing to index
+    with pytest.raises(IndexBuildError, match="corpus is empty"):
+        refresh_serving_index(engine, settings)
+    assert alias_target(settings) == "chunks__v1"  # the old collection keeps serving
+    assert serving_index_stale(engine, settings) is None  # not again at every check
+    upsert_chunks(engine, corpus[:5], mark_missing_removed=True)  # the next change tries again
+    assert serving_index_stale(engine, settings) is not None
+    assert refresh_serving_index(engine, settings).chunks == 5

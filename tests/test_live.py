@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from qdrant_client import QdrantClient
 
 from daemon.config import load_settings
 from daemon.models import apply_retention, registry
@@ -57,8 +59,20 @@ def test_two_live_days_with_a_service_beside_the_daemon(tmp_path):
     # retention on the run's store: a rejected candidate goes, what serves and what a rollback needs stay
     settings = load_settings(work / "config.toml")
     settings.retention.keep_rejected_days = 0
+    # the corpus changed on day 1: the daemon re-indexed what serves then, not at the next promotion
+    events = [json.loads(x) for x in (work / "daemon.log").read_text().splitlines() if x.startswith("{")]
+    assert any(e["event"] == "index.refreshed" for e in events), "the corpus change never reached the index"
     engine = open_store(settings.store_url)
     try:
+        with engine.connect() as conn:
+            active = set(conn.scalars(sa.text("SELECT id FROM chunks WHERE removed_at IS NULL")))
+        collection = json.loads(settings.manifest_path.read_text())["collection"]
+        client = QdrantClient(path=str(settings.qdrant_path))
+        try:
+            points, _ = client.scroll(collection, limit=10_000)
+        finally:
+            client.close()
+        assert {p.payload["chunk_id"] for p in points} == active  # what serves is the corpus as it is now
         serving = registry.serving(engine, "embedder")
         previous = registry.last_retired(engine, "embedder")
         rejected = [v for v in range(1, embedder + 2) if (registry.get_version(engine, "embedder", v) or {}).get(

@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from daemon.errors import CorpusError, RagloopError
-from daemon.store.db import Chunk, utcnow, write_tx
+from daemon.store.db import CORPUS_CHANGED, Chunk, put_state_in, utcnow, write_tx
 
 log = structlog.get_logger(__name__)
 chunks = Chunk.__table__
@@ -134,6 +134,9 @@ def upsert_chunks(engine: Engine, records: list[dict[str, Any]], *, mark_missing
             for i in range(0, len(gone), 500):
                 conn.execute(chunks.update().where(chunks.c.id.in_(gone[i : i + 500])).values(removed_at=now))
             report.removed = len(gone)
+        if report.added or report.changed or report.removed or report.restored:
+            # the serving collection built before this is stale: the daemon re-indexes it (refresh_serving_index)
+            put_state_in(conn, CORPUS_CHANGED, {"at": now.isoformat(), **report.as_dict()})
     return report
 
 

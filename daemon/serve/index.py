@@ -10,6 +10,7 @@ the half-built collection. The newest `qdrant.keep_versions` collections are kep
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from daemon.models.load import load_embedder
 from daemon.models.vectors import cache_dir, load_vectors, save_vectors
 from daemon.serve.manifest import publish
 from daemon.serve.vectorstore import QdrantStore, open_vectors
-from daemon.store.db import ENCODE_RATE, Chunk, IndexVersion, get_state, put_state, utcnow, write_tx
+from daemon.store.db import (CORPUS_CHANGED, ENCODE_RATE, INDEX_REFRESH_FAILED, Chunk, IndexVersion, get_state,
+                             put_state, utcnow, write_tx)
 
 log = structlog.get_logger(__name__)
 chunks_t = Chunk.__table__
@@ -55,8 +57,11 @@ class IndexReport:
     encode_s: float = 0.0  # seconds spent encoding them
 
 
-def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | None = None, *, model=None) -> IndexReport:
+def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | None = None, *, model=None,
+                serves: int | None = None) -> IndexReport:
     """Embed every chunk with ``embedder`` (default: the serving one) and point the alias at the result.
+    ``serves``: the embedder version the manifest names, when it is not ``embedder`` (a query adapter on its
+    document vectors).
 
     Raises:
         IndexBuildError: empty corpus or failed verification; the alias stays where it was.
@@ -82,7 +87,7 @@ def build_index(engine: Engine, settings: Settings, embedder: dict[str, Any] | N
         _mark_swapped(engine, name, previous)
         dropped = _retain(engine, vs, settings.qdrant.keep_versions, keep=name)
     figures = prog.finish()
-    publish(engine, settings, name, embedder["version"])
+    publish(engine, settings, name, embedder["version"] if serves is None else serves)
     log.info("index.swapped", collection=name, previous=previous, embedder_version=embedder["version"],
              chunks=total, encoded=encoded, from_cache=total - encoded, dropped=dropped)
     if encoded >= MIN_RATE_SAMPLE:
@@ -286,6 +291,44 @@ def serving_collection(engine: Engine, settings: Settings) -> dict[str, Any] | N
         row = conn.execute(sa.select(iv_t).where(iv_t.c.status == "serving", iv_t.c.alias == settings.qdrant.alias)
                            ).mappings().first()
     return dict(row) if row else None
+
+
+def serving_index_stale(engine: Engine, settings: Settings) -> str | None:
+    """Why the serving collection no longer matches the corpus (chunks added, changed, removed or restored
+    since it was built), or None when it does, when nothing serves yet, or when a refresh already failed on
+    this very change (an operator's `ragloop index build`, or the next change, tries again)."""
+    cur = serving_collection(engine, settings)
+    changed = get_state(engine, CORPUS_CHANGED)
+    if cur is None or changed is None:
+        return None
+    built = cur["created_at"] if cur["created_at"].tzinfo else cur["created_at"].replace(tzinfo=timezone.utc)
+    if datetime.fromisoformat(changed["at"]) < built:
+        return None
+    if (get_state(engine, INDEX_REFRESH_FAILED) or {}).get("at") == changed["at"]:
+        return None
+    what = ", ".join(f"{changed[k]} {k}" for k in ("added", "changed", "removed", "restored") if changed.get(k))
+    return f"the corpus changed at {changed['at']} ({what}) after {cur['collection']} was built"
+
+
+def refresh_serving_index(engine: Engine, settings: Settings) -> IndexReport | None:
+    """Re-index the corpus into a new collection with the model that built the serving one, when the corpus
+    changed since (`ragloop corpus load` only writes the store): otherwise production keeps returning removed
+    chunks and old texts, and never finds added ones, until the next promotion. Unchanged chunks come from the
+    vector cache; the alias swap, the manifest and the hook are a promotion's, so clients hot-reload as after
+    one. Returns the build's report, or None when nothing was stale."""
+    why = serving_index_stale(engine, settings)
+    if why is None:
+        return None
+    cur = serving_collection(engine, settings)
+    builder = registry.get_version(engine, registry.EMBEDDER, cur["embedder_version"])
+    serving = registry.serving(engine, registry.EMBEDDER)
+    changed = get_state(engine, CORPUS_CHANGED)
+    log.info("index.refresh", reason=why, collection=cur["collection"], embedder_version=cur["embedder_version"])
+    try:
+        return build_index(engine, settings, builder, serves=serving["version"] if serving else None)
+    except Exception:
+        put_state(engine, INDEX_REFRESH_FAILED, {"at": changed["at"]})  # not again every check on one change
+        raise
 
 
 def search(engine: Engine, settings: Settings, query: str, k: int = 10, model=None) -> list[tuple[str, float, dict]]:

@@ -23,7 +23,7 @@ from daemon.errors import RagloopError
 from daemon.ingest.reader import ingest_once
 from daemon.models import registry
 from daemon.process import release_memory, rss_bytes
-from daemon.serve import open_vectors, republish_if_stale
+from daemon.serve import open_vectors, refresh_serving_index, republish_if_stale, serving_index_stale
 from daemon.service.cycle import cycle_due, run_cycle
 from daemon.service.lock import InstanceLock
 from daemon.service.systemd import Notifier
@@ -217,6 +217,7 @@ class Daemon:
             return
         ran = False
         try:
+            self._refresh_index()
             due, why = cycle_due(self.engine, self.settings, force=reason == "cron")
             if not due:
                 log.debug("service.cycle_not_due", reason=why)
@@ -247,6 +248,24 @@ class Daemon:
             if self.stage != "idle":
                 self._set_stage("idle")
             self.cycle_lock.release()
+
+    def _refresh_index(self) -> None:
+        """A corpus loaded since the serving collection was built: re-index it now (under the cycle lock, so no
+        promotion swaps the alias meanwhile), not at the next promotion. A failure is logged; the old collection
+        keeps serving."""
+        if serving_index_stale(self.engine, self.settings) is None:
+            return
+        self._set_stage("re-indexing: the corpus changed")
+        try:
+            if (r := refresh_serving_index(self.engine, self.settings)) is not None:
+                log.info("index.refreshed", collection=r.collection, previous=r.previous, chunks=r.chunks,
+                         encoded=r.encoded, seconds=r.seconds)
+        except Exception as exc:  # the daemon outlives it; `ragloop index build` retries by hand
+            self.totals["errors"] += 1
+            log.error("index.refresh_failed", error=str(exc),
+                      fix="see the error; `ragloop index build` retries, as does the next corpus load")
+        finally:
+            self._set_stage("idle")
 
     # -- reporting ------------------------------------------------------------------------------
     def _set_stage(self, stage: str) -> None:

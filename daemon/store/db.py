@@ -259,13 +259,20 @@ HEARTBEAT = "service.heartbeat"
 SCHEDULE = "service.schedule"
 COUNTERS = "service.counters"
 ENCODE_RATE = "index.encode_rate"
+CORPUS_CHANGED = "corpus.changed"  # when chunks were last added, changed, removed or restored
+INDEX_REFRESH_FAILED = "index.refresh_failed"  # the corpus change a refresh of the serving index failed on
 
 
 def put_state(engine: Engine, key: str, value: dict[str, Any]) -> None:
-    t = ServiceState.__table__
     with write_tx(engine) as conn:
-        if conn.execute(t.update().where(t.c.key == key).values(value=value, updated_at=utcnow())).rowcount == 0:
-            conn.execute(t.insert().values(key=key, value=value, updated_at=utcnow()))
+        put_state_in(conn, key, value)
+
+
+def put_state_in(conn: sa.Connection, key: str, value: dict[str, Any]) -> None:
+    """put_state inside the caller's transaction (the state changes with the rows it describes, or not at all)."""
+    t = ServiceState.__table__
+    if conn.execute(t.update().where(t.c.key == key).values(value=value, updated_at=utcnow())).rowcount == 0:
+        conn.execute(t.insert().values(key=key, value=value, updated_at=utcnow()))
 
 
 def get_state(engine: Engine, key: str) -> dict[str, Any] | None:
