@@ -548,7 +548,7 @@ def _script_peer(engine, asked: list[dict], wrong: dict, unseen: list[dict], wor
 def by_version(days: list[dict]) -> str:
     """Production's answers pooled by the model that served them (whole days; a day's traffic is answered before
     its cycle, so one version serves a day), with 95% Wilson intervals: what users experienced under each."""
-    from daemon.observe.report import wilson
+    from daemon.observe import wilson
 
     runs: list[tuple[str, list[dict]]] = []
     for r in days:
