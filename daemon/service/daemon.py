@@ -217,7 +217,7 @@ class Daemon:
             return
         ran = False
         try:
-            self._refresh_index()
+            ran = self._refresh_index()  # it loads a model too: trim the heap after it
             due, why = cycle_due(self.engine, self.settings, force=reason == "cron")
             if not due:
                 log.debug("service.cycle_not_due", reason=why)
@@ -249,12 +249,12 @@ class Daemon:
                 self._set_stage("idle")
             self.cycle_lock.release()
 
-    def _refresh_index(self) -> None:
+    def _refresh_index(self) -> bool:
         """A corpus loaded since the serving collection was built: re-index it now (under the cycle lock, so no
         promotion swaps the alias meanwhile), not at the next promotion. A failure is logged; the old collection
         keeps serving."""
         if serving_index_stale(self.engine, self.settings) is None:
-            return
+            return False
         self._set_stage("re-indexing: the corpus changed")
         try:
             if (r := refresh_serving_index(self.engine, self.settings)) is not None:
@@ -266,6 +266,7 @@ class Daemon:
                       fix="see the error; `ragloop index build` retries, as does the next corpus load")
         finally:
             self._set_stage("idle")
+        return True
 
     # -- reporting ------------------------------------------------------------------------------
     def _set_stage(self, stage: str) -> None:
