@@ -425,8 +425,9 @@ def run(args, name, folder, pool, unseen, work, out, kill_day, rollback_day, cor
     rss = [r["daemon_rss_mb"] for r in days]
     growth = (max(rss[1:]) / rss[1] - 1) if len(rss) > 1 else 0.0
     # Before its first cycle the daemon has loaded no model (~170-190 MB); the growth that says whether memory
-    # leaks over many cycles is measured from the end of the first day with a cycle.
-    first = next((i for i, r in enumerate(days) if r["cycle_s"] > 0), None)
+    # leaks over many cycles is measured from the end of the first day with a gate decision (a cycle that waited
+    # for held-out queries loads none).
+    first = next((i for i, r in enumerate(days) if r["decisions"]), None)
     growth_cycles = (max(rss[first:]) / rss[first] - 1) if first is not None else 0.0
     state_mb = [r["disk_mb"].get("total", 0.0) for r in days]
     last = days[-1]
