@@ -172,48 +172,36 @@ def test_bad_training_config_fails_before_any_work(tmp_path, db_url, engine):
 def test_a_training_child_dies_with_a_sigkilled_daemon(tmp_path):
     """SIGKILL reaches only the daemon's process group; the child has its own session. Found by bench/live.py:
     an orphaned child trained on and wrote a model folder nobody registered. It now dies with its starter."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     pid_file = tmp_path / "child.pid"
-    (tmp_path / "child.py").write_text(
+    child = _kill_the_parent_of(tmp_path, pid_file, (
         "import os, time\nfrom daemon.process import die_with_starter\ndie_with_starter()\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
-    (tmp_path / "parent.py").write_text(
-        "import subprocess, sys, time\nfrom daemon.process import child_env\n"
-        f"subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}], start_new_session=True, env=child_env())\n"
-        "time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")])
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the child did not start"
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "the child outlived its SIGKILLed parent"
-        time.sleep(0.1)
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"))
+    _wait_gone(child, 10, "the child outlived its SIGKILLed parent")
 
 
 def test_a_training_child_started_as_its_daemon_is_killed_exits_too(tmp_path):
     """The window before the child's prctl: the daemon SIGKILLed while its child still imports torch. Found by
     bench/live.py (an orphan trained on beside the restarted daemon's own cycle); the child now exits at once."""
+    pid_file, ready = tmp_path / "child.pid", tmp_path / "started"
+    child = _kill_the_parent_of(tmp_path, pid_file, (
+        "import os, time\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        f"while not os.path.exists({str(ready)!r}): time.sleep(0.05)\n"
+        "time.sleep(1)  # the parent is dead by now: this child is still importing\n"
+        "from daemon.process import die_with_starter\ndie_with_starter()\ntime.sleep(120)\n"))
+    ready.write_text("")
+    _wait_gone(child, 15, "the child outlived a parent killed while it started")
+
+
+def _kill_the_parent_of(tmp_path, pid_file, child_code: str) -> int:
+    """Run ``child_code`` as a daemon starts its training child (own session, `child_env`), wait for it to write
+    its pid to ``pid_file``, SIGKILL the parent, and return the child's pid."""
     import signal
     import subprocess
     import sys
     import time
 
-    pid_file, ready = tmp_path / "child.pid", tmp_path / "started"
-    (tmp_path / "child.py").write_text(
-        "import os, time\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        f"while not os.path.exists({str(ready)!r}): time.sleep(0.05)\n"
-        "time.sleep(1)  # the parent is dead by now: this child is still importing\n"
-        "from daemon.process import die_with_starter\ndie_with_starter()\ntime.sleep(120)\n")
+    (tmp_path / "child.py").write_text(child_code)
     (tmp_path / "parent.py").write_text(
         "import subprocess, sys, time\nfrom daemon.process import child_env\n"
         f"subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}], start_new_session=True, env=child_env())\n"
@@ -226,10 +214,15 @@ def test_a_training_child_started_as_its_daemon_is_killed_exits_too(tmp_path):
     child = int(pid_file.read_text())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    ready.write_text("")
-    deadline = time.monotonic() + 15
-    while _alive(child):
-        assert time.monotonic() < deadline, "the child outlived a parent killed while it started"
+    return child
+
+
+def _wait_gone(pid: int, seconds: float, why: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        assert time.monotonic() < deadline, why
         time.sleep(0.1)
 
 
