@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import sqlalchemy as sa
@@ -297,6 +297,12 @@ def serving_index_stale(engine: Engine, settings: Settings) -> str | None:
     """Why the serving collection no longer matches the corpus (chunks added, changed, removed or restored
     since it was built), or None when it does, when nothing serves yet, or when a refresh already failed on
     this very change (an operator's `ragloop index build`, or the next change, tries again)."""
+    stale = _staleness(engine, settings)
+    return stale[2] if stale else None
+
+
+def _staleness(engine: Engine, settings: Settings) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """(the serving collection's row, the corpus change it predates, why) or None (see serving_index_stale)."""
     cur = serving_collection(engine, settings)
     changed = get_state(engine, CORPUS_CHANGED)
     if cur is None or changed is None:
@@ -307,22 +313,25 @@ def serving_index_stale(engine: Engine, settings: Settings) -> str | None:
     if (get_state(engine, INDEX_REFRESH_FAILED) or {}).get("at") == changed["at"]:
         return None
     what = ", ".join(f"{changed[k]} {k}" for k in ("added", "changed", "removed", "restored") if changed.get(k))
-    return f"the corpus changed at {changed['at']} ({what}) after {cur['collection']} was built"
+    return cur, changed, f"the corpus changed at {changed['at']} ({what}) after {cur['collection']} was built"
 
 
-def refresh_serving_index(engine: Engine, settings: Settings) -> IndexReport | None:
+def refresh_serving_index(engine: Engine, settings: Settings,
+                          on_stage: Callable[[str], None] | None = None) -> IndexReport | None:
     """Re-index the corpus into a new collection with the model that built the serving one, when the corpus
     changed since (`ragloop corpus load` only writes the store): otherwise production keeps returning removed
     chunks and old texts, and never finds added ones, until the next promotion. Unchanged chunks come from the
     vector cache; the alias swap, the manifest and the hook are a promotion's, so clients hot-reload as after
-    one. Returns the build's report, or None when nothing was stale."""
-    why = serving_index_stale(engine, settings)
-    if why is None:
+    one. Returns the build's report, or None when nothing was stale (``on_stage`` is told only when it
+    re-indexes)."""
+    stale = _staleness(engine, settings)
+    if stale is None:
         return None
-    cur = serving_collection(engine, settings)
+    cur, changed, why = stale
+    if on_stage is not None:
+        on_stage("re-indexing: the corpus changed")
     builder = registry.get_version(engine, registry.EMBEDDER, cur["embedder_version"])
     serving = registry.serving(engine, registry.EMBEDDER)
-    changed = get_state(engine, CORPUS_CHANGED)
     log.info("index.refresh", reason=why, collection=cur["collection"], embedder_version=cur["embedder_version"])
     try:
         return build_index(engine, settings, builder, serves=serving["version"] if serving else None)

@@ -23,7 +23,7 @@ from daemon.errors import RagloopError
 from daemon.ingest.reader import ingest_once
 from daemon.models import registry
 from daemon.process import release_memory, rss_bytes
-from daemon.serve import open_vectors, refresh_serving_index, republish_if_stale, serving_index_stale
+from daemon.serve import open_vectors, refresh_serving_index, republish_if_stale
 from daemon.service.cycle import cycle_due, run_cycle
 from daemon.service.lock import InstanceLock
 from daemon.service.systemd import Notifier
@@ -252,21 +252,18 @@ class Daemon:
     def _refresh_index(self) -> bool:
         """A corpus loaded since the serving collection was built: re-index it now (under the cycle lock, so no
         promotion swaps the alias meanwhile), not at the next promotion. A failure is logged; the old collection
-        keeps serving."""
-        if serving_index_stale(self.engine, self.settings) is None:
-            return False
-        self._set_stage("re-indexing: the corpus changed")
+        keeps serving. Returns whether it re-indexed (or tried)."""
         try:
-            if (r := refresh_serving_index(self.engine, self.settings)) is not None:
-                log.info("index.refreshed", collection=r.collection, previous=r.previous, chunks=r.chunks,
-                         encoded=r.encoded, seconds=r.seconds)
+            r = refresh_serving_index(self.engine, self.settings, on_stage=self._set_stage)
         except Exception as exc:  # the daemon outlives it; `ragloop index build` retries by hand
             self.totals["errors"] += 1
             log.error("index.refresh_failed", error=str(exc),
                       fix="see the error; `ragloop index build` retries, as does the next corpus load")
-        finally:
-            self._set_stage("idle")
-        return True
+            return True
+        if r is not None:
+            log.info("index.refreshed", collection=r.collection, previous=r.previous, chunks=r.chunks,
+                     encoded=r.encoded, seconds=r.seconds)
+        return r is not None
 
     # -- reporting ------------------------------------------------------------------------------
     def _set_stage(self, stage: str) -> None:
