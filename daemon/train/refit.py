@@ -3,10 +3,12 @@
 The gate must test a candidate on queries it never trained on, so while traffic is small the candidate
 learns from only about half of it (gate.heldout_target holds up to half out). Once the gate has shown on
 those held-out queries that the candidate beats what serves, they have done their job: a one-shot script
-would have trained on all of them. So, when train.embedder.refit is on (off by default: on both benchmarks
-the refit tied the gated candidate and doubled a promoting cycle; docs/research/loop-quality.md), after the gate promotes a full fine-tune, the same recipe is trained again from
-the same start on the train and held-out splits together (the usual refit on all data once a model has
-been selected), and the refit serves in the candidate's place if it passes a check against the candidate:
+would have trained on all of them. So, when train.embedder.refit is on (the default; the measured reason is
+in config.toml and docs/research/loop-quality.md), after the gate promotes a full fine-tune, the same recipe
+is trained again on the train and held-out splits together (the usual refit on all data once a model has
+been selected: from the candidate's start, or, with train.embedder.refit_from = "candidate", continued from
+the candidate on the held-out pairs and a replay sample of the train split), and the refit serves in the
+candidate's place if it passes a check against the candidate:
 
   1. held-out {gate.embedder_metric}: refit >= candidate - gate.guard_margin. The refit has trained on these
      queries, so this is no evidence that it generalizes; it catches a refit that broke (falling short of
