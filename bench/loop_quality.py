@@ -105,6 +105,9 @@ def main() -> None:
                          "candidate on the held-out pairs and a replay sample (--refit-replay, --refit-epochs)")
     ap.add_argument("--refit-replay", type=float, default=None, help="override train.embedder.refit_replay")
     ap.add_argument("--refit-epochs", type=float, default=None, help="override train.embedder.refit_epochs")
+    ap.add_argument("--twin-refit", action="store_true",
+                    help="at each promoting wave, also train the other train.embedder.refit_from variant on a copy "
+                         "of the state and score it beside the refit that serves (paired); kept in --dump")
     ap.add_argument("--embedder-metric", default=None, help='override gate.embedder_metric, e.g. "mrr@10"')
     ap.add_argument("--synth", choices=("none", "smollm2"), default="none",
                     help="smollm2: synthetic questions for every chunk from the offline generator (bench/experiments/offline_synth.py)")
@@ -156,6 +159,10 @@ def main() -> None:
         if args.synth == "smollm2":
             synthesize_offline(engine, settings, args.synth_cache)
         wrong: dict[str, str] = {}
+        twin = None
+        if args.twin_refit:
+            twin = RefitTwin(settings, work / "twin")
+            twin.install()
         per_wave, hits_after, cycle_times, script_pq = [], [], [], None
         for w, wave in enumerate(waves_of(traffic, args.waves)):
             model, key, label = serving_model(engine, settings, base)
@@ -181,6 +188,12 @@ def main() -> None:
                 rows[f"one-shot script on {len(seen)} traffic questions"] = script_pq.mean()
             per_wave.append((rows, flags))
             hits_after.append(serving_pq)
+            if twin is not None:
+                refit_s = next((st["seconds"] for st in report.stages if st["stage"] == "refit"), None)
+                try:
+                    twin.run(w, corpus, unseen, Scores(serving_pq), flags["embedder_row"], refit_s)
+                except Exception as exc:  # a diagnostic: the run's own figures still stand
+                    print(f"twin refit failed: {exc!r}")
             print_rows(rows)
         if args.report is not None:
             from daemon.observe import build_report
@@ -203,7 +216,8 @@ def main() -> None:
             "benchmark": args.benchmark, "swap_halves": args.swap_halves, "waves": args.waves,
             "serving": flags["embedder_row"], "queries": [q["query"] for q in unseen],
             "serving_after_wave1": hits_after[0], "serving_after_last": hits_after[-1],
-            "script_after_last": script_pq.per_query}, indent=1))
+            "script_after_last": script_pq.per_query,
+            "twin_refits": twin.results if twin is not None else []}, indent=1))
         print(f"per-question figures: {args.dump}")
     b, e, p = rows["base embedder"], rows[flags["embedder_row"]], rows[flags["pipeline_row"]]
     sv = p if flags["promoted_reranker"] else e
@@ -217,6 +231,85 @@ def main() -> None:
           f"serving_mrr10={sv['mrr@10']:.3f} base_hit5={b['hit@5']:.3f} {script}"
           f"promoted_embedder={flags['promoted_embedder']} promoted_reranker={flags['promoted_reranker']} "
           f"waves={args.waves} benchmark={args.benchmark} cycle_s={cycle_times[-1]:.0f} device={device}")
+
+
+class RefitTwin:
+    """The other `train.embedder.refit_from` beside the one that serves, on the same promotion (--twin-refit).
+
+    When a cycle's refit begins, the state (store, models, vector cache; not the index) is copied; after the
+    cycle, the other variant's refit (daemon/train/refit.py, the daemon's own function) is trained and checked
+    on that copy, then scored on the unseen half. The run itself is untouched: what serves, later waves and
+    their figures are the default's. Costs one more refit per promoting wave."""
+
+    def __init__(self, settings, root: Path):
+        self.settings, self.root = settings, root
+        self.variant = "candidate" if settings.train.embedder.refit_from == "start" else "start"
+        self.pending = None  # (the gated Decision, the copied state) of this cycle's refit
+        self.results: list[dict] = []  # per promoting wave
+
+    def install(self) -> None:
+        import daemon.service.cycle as cycle
+
+        real = cycle.refit
+
+        def refit_and_copy(engine, settings, promoted, *, cancel=None):
+            self.pending = (promoted, self._copy_state(settings))
+            return real(engine, settings, promoted, cancel=cancel)
+
+        cycle.refit = refit_and_copy
+
+    def _copy_state(self, settings) -> Path:
+        import shutil
+        import sqlite3
+
+        if not settings.store_url.startswith("sqlite:///"):
+            raise SystemExit("--twin-refit copies the SQLite store: run it without store.url")
+        dst = self.root / f"state-{len(self.results)}"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(settings.state_dir, dst, ignore=shutil.ignore_patterns("qdrant", "ragloop.db*", "*.log*"))
+        with sqlite3.connect(settings.store_url[len("sqlite:///"):]) as src, sqlite3.connect(dst / "ragloop.db") as out:
+            src.backup(out)  # a consistent copy while the cycle's engine holds the store open
+        return dst
+
+    def run(self, wave: int, corpus: Corpus, unseen: list[dict], served: Scores, served_label: str,
+            served_refit_s: float | None) -> None:
+        """The twin refit of this wave's promotion, if its refit ran; printed and kept for --dump."""
+        import shutil
+
+        from daemon.train.refit import refit
+
+        if self.pending is None:
+            return
+        promoted, state = self.pending
+        self.pending = None
+        settings = self.settings.model_copy(deep=True)
+        settings.state_dir = state
+        settings.train.embedder.refit_from = self.variant
+        engine = open_store(settings.store_url)
+        try:
+            t = time.monotonic()
+            d = refit(engine, settings, promoted)
+            seconds = time.monotonic() - t
+            if d is None:
+                print(f"twin refit ({self.variant}): its training failed (see the log)")
+                return
+            row = registry.get_version(engine, "embedder", d.candidate)
+            model = load_embedder(registry.model_path(settings, row), settings.train.device)
+            emb = corpus_embeddings(model, corpus, state / "cache" / "embeddings", registry.vector_key(row))
+            twin = score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
+                         [set(q["expected_ids"]) for q in unseen])
+        finally:
+            engine.dispose()
+            shutil.rmtree(state, ignore_errors=True)
+        label = f"refit from the {self.variant} (twin, not served)"
+        cost = f"{seconds:.0f}s with its check" + (f"; the served refit's stage {served_refit_s:.0f}s"
+                                                    if served_refit_s is not None else "")
+        print(f"twin refit of v{promoted.candidate}, refit_from = {self.variant!r}: {d.outcome} ({d.reason}); {cost}")
+        print_rows({served_label: served.mean(), label: twin.mean()})
+        print_paired(twin, served, f"{label} - {served_label}")
+        self.results.append({"wave": wave + 1, "variant": self.variant, "refit_of": promoted.candidate,
+                             "outcome": d.outcome, "seconds": round(seconds, 1), "served_refit_s": served_refit_s,
+                             "twin": twin.per_query, "served": served.per_query})
 
 
 def serving_model(engine, settings, base):

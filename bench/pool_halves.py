@@ -52,6 +52,32 @@ def report(label: str, dumps: list[dict]) -> None:
     for m in ("hit@1", "hit@10"):
         lost, won = regressed_gained(first, serving.per_query, m)
         print(f"  at {m}, answered after wave 1 but not after the last: {lost} regressed, {won} gained")
+    twin_report(label, dumps)
+
+
+def twin_report(label: str, dumps: list[dict]) -> None:
+    """The other refit_from variant (loop_quality --twin-refit) against the refit that served, on the same
+    promotion; and against the script where nothing changed what served after that promotion, so that the
+    twin is what would have served at the end."""
+    pairs = [(d, t) for d in dumps for t in d.get("twin_refits", [])[-1:]]
+    if not pairs:
+        return
+    variants = {t["variant"] for _, t in pairs}
+    if len(variants) > 1:
+        raise SystemExit(f"error: {label}: twin refits of different variants ({', '.join(sorted(variants))}) "
+                         "cannot pool")
+    variant = variants.pop()
+    twin = Scores([q for _, t in pairs for q in t["twin"]])
+    served = Scores([q for _, t in pairs for q in t["served"]])
+    cost = ", ".join(f"wave {t['wave']}: {t['seconds']:.0f} s vs {t['served_refit_s']:.0f} s" for _, t in pairs
+                     if t.get("served_refit_s") is not None)
+    print(f"  the refit from the {variant} (twin) of each run's last promotion; refit time with its check, twin vs "
+          f"served: {cost}")
+    print_paired(twin, served, "twin - the refit that served, at its promotion")
+    final = [(d, t) for d, t in pairs if t["served"] == d["serving_after_last"]]
+    if len(final) == len(pairs):
+        print_paired(twin, Scores([q for d, _ in final for q in d["script_after_last"]]),
+                     "twin - the script (what would have served at the end)")
 
 
 def main() -> None:
