@@ -83,6 +83,9 @@ def top_wrong(ranking: list[list[str]], questions: list[dict]) -> list[str]:
 def one_shot_finetune(base: str, rows: list[tuple[str, str, str]], out: Path, *, epochs: float = 3, lr: float = 2e-5,
                       batch: int = 16, seed: int = 42) -> Path:
     """The script a user writes: MNRL on (question, answer chunk, production's wrong chunk) rows."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the model card's "Computing widget examples" bar, in bench output
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
