@@ -21,6 +21,8 @@ script_* the script after the last wave.
 --swap-halves trains on the unseen half and scores the traffic half, a second measurement on disjoint
 questions; --dump writes each unseen question's figures (what serves' embedder after wave 1 and after the
 last, and the script) for bench/pool_halves.py, which pairs them over both halves and both benchmarks.
+--twin-refit also trains, at each promoting wave, the other train.embedder.refit_from recipe on a copy of
+the state (RefitTwin) and scores it beside the refit that serves, paired and timed; the dump keeps it.
 """
 
 from __future__ import annotations
