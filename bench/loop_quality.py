@@ -278,7 +278,7 @@ class RefitTwin:
         """The twin refit of this wave's promotion, if its refit ran; printed and kept for --dump."""
         import shutil
 
-        from daemon.train.refit import refit
+        from daemon.train import refit
 
         if self.pending is None:
             return

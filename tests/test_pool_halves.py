@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.models.metrics import query_metrics
+from daemon.models import query_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RIGHT, WRONG = query_metrics(["a", "x"], {"a"}), query_metrics(["x", "a"], {"a"})  # rank 1, rank 2
