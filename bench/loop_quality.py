@@ -297,9 +297,7 @@ class RefitTwin:
                 return
             row = registry.get_version(engine, "embedder", d.candidate)
             model = load_embedder(registry.model_path(settings, row), settings.train.device)
-            emb = corpus_embeddings(model, corpus, state / "cache" / "embeddings", registry.vector_key(row))
-            twin = score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
-                         [set(q["expected_ids"]) for q in unseen])
+            twin = unseen_scores(model, corpus, state / "cache" / "embeddings", registry.vector_key(row), unseen)
         finally:
             engine.dispose()
             shutil.rmtree(state, ignore_errors=True)
@@ -343,10 +341,15 @@ def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unsee
         tmp = cached.with_name(f".{key}.{os.getpid()}")
         shutil.copytree(trained, tmp)
         os.replace(tmp, cached)  # whole or not at all: a killed run leaves no half-written model behind
-    model = load_embedder(str(cached), device)
-    emb = corpus_embeddings(model, corpus, None, "script")
-    return score(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50),
-                 [set(q["expected_ids"]) for q in unseen])
+    return unseen_scores(load_embedder(str(cached), device), corpus, None, "script", unseen)
+
+
+def unseen_scores(model, corpus: Corpus, cache: Path | None, key: str, unseen: list[dict]) -> Scores:
+    """Per unseen question, the metrics of ``model``'s top 50 over the corpus (vectors cached under ``key``)."""
+    from bench.benchmarks import per_query
+
+    emb = corpus_embeddings(model, corpus, cache, key)
+    return Scores(per_query(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50), unseen))
 
 
 def print_paired(a: Scores, b: Scores, label: str) -> None:

@@ -74,9 +74,8 @@ def twin_report(label: str, dumps: list[dict]) -> None:
     print(f"  the refit from the {variant} (twin) of each run's last promotion; refit time with its check, twin vs "
           f"served: {cost}")
     print_paired(twin, served, "twin - the refit that served, at its promotion")
-    final = [(d, t) for d, t in pairs if t["served"] == d["serving_after_last"]]
-    if len(final) == len(pairs):
-        print_paired(twin, Scores([q for d, _ in final for q in d["script_after_last"]]),
+    if all(t["served"] == d["serving_after_last"] for d, t in pairs):
+        print_paired(twin, Scores([q for d, _ in pairs for q in d["script_after_last"]]),
                      "twin - the script (what would have served at the end)")
 
 
