@@ -176,7 +176,9 @@ def main() -> None:
             report = run_cycle(engine, settings, kinds=tuple(args.kinds))
             cycle_times.append(time.monotonic() - t)
             h = report.heldout
-            stages = ", ".join(f"{st['stage']} {st['seconds']:.0f}s" for st in report.stages if st["stage"] != "cycle")
+            stages = ", ".join(f"{st['stage']} {st['seconds']:.0f}s" + (
+                f" ({st['mode']} serving at {st['serving_after_s']:.0f}s)" if "serving_after_s" in st else "")
+                for st in report.stages if st["stage"] != "cycle")
             print(f"held-out: {h['heldout_queries']} of {h['queries']} traffic queries (share {h['share']}); "
                   f"cycle {cycle_times[-1]:.0f}s ({stages})")
             for d in report.decisions:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from daemon.gate import eval_sets, leaked_pairs, retire_heldout
 from daemon.models import Scores, query_metrics, registry
 from daemon.observe import collect_status, render_status
+from daemon.serve import rollback, serving_collection
 from daemon.service import run_cycle
 from daemon.store import GateDecision, TrainingPair
 from daemon.train import check_refit
@@ -46,32 +47,53 @@ def _heldout_pair_ids(engine) -> set[int]:
         return set(conn.scalars(sa.select(pairs_t.c.id).where(pairs_t.c.split == "heldout")))
 
 
-def _planted(ingested_settings, engine, damaged_minilm, refit: bool, refit_from: str = "start"):
+def _planted(ingested_settings, engine, damaged_minilm, refit: bool, refit_from: str = "start",
+             on_stage=lambda stage: None):
     """Production serves a broken embedder (v0); a 2-step fine-tune of the packaged MiniLM must beat it."""
     registry.register(engine, registry.EMBEDDER, damaged_minilm, version=0, status="serving")
     ingested_settings.train.embedder.start_from = "base"
     ingested_settings.train.embedder.refit = refit
     ingested_settings.train.embedder.refit_from = refit_from
     ingested_settings.qdrant.verify_sample = 5
-    return run_cycle(engine, ingested_settings, kinds=(registry.EMBEDDER,))
+    return run_cycle(engine, ingested_settings, kinds=(registry.EMBEDDER,), on_stage=on_stage)
 
 
 @pytest.mark.slow
 def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_retire(ingested_settings, engine, damaged_minilm):
     heldout = _heldout_pair_ids(engine)
     assert len(heldout) >= 3
-    report = _planted(ingested_settings, engine, damaged_minilm, refit=True)
+    serving_during_refit = []
+
+    def on_stage(stage: str) -> None:  # what production reads while the refit trains
+        if stage.startswith("refitting"):
+            serving_during_refit.append((registry.serving(engine, registry.EMBEDDER)["version"],
+                                         serving_collection(engine, ingested_settings)["embedder_version"]))
+
+    report = _planted(ingested_settings, engine, damaged_minilm, refit=True, on_stage=on_stage)
     gated, refitted = report.decisions
     assert (gated["mode"], gated["version"], gated["outcome"]) == ("full", 1, "promote")
     assert (refitted["mode"], refitted["version"]) == ("refit", 2)
     assert refitted["outcome"] == "refit", refitted["reason"]  # a 2-step refit is level with the candidate
     assert "refit of v1 on" in refitted["reason"]
+    # the gated candidate served (index and all) while its refit trained; then the refit replaced it
+    assert serving_during_refit == [(1, 1)]
     assert registry.serving(engine, registry.EMBEDDER)["version"] == 2
-    assert registry.get_version(engine, registry.EMBEDDER, 1)["status"] == "refitted"
+    assert serving_collection(engine, ingested_settings)["embedder_version"] == 2
+    assert registry.get_version(engine, registry.EMBEDDER, 1)["status"] == "retired"
+    stages = [(s["stage"], s.get("mode")) for s in report.stages if s["stage"] in ("reindex", "refit")]
+    assert stages == [("reindex", "full"), ("refit", "full"), ("reindex", "refit")]
+    first, second = (s["serving_after_s"] for s in report.stages if s["stage"] == "reindex")
+    assert 0 < first < second <= next(s["seconds"] for s in report.stages if s["stage"] == "cycle")
     # the refit learned from the held-out queries as well as the train split, and says so
     row = registry.get_version(engine, registry.EMBEDDER, 2)
     training = json.loads((ingested_settings.models_dir / "embedder" / "v2" / "training.json").read_text())
     assert training["refit_of"] == 1 and training["pairs"]["splits"] == ["train", "heldout"]
+    # the same recipe beside the same model as its candidate: negatives mined with v0, which served when the
+    # candidate trained, not with the candidate that served while the refit trained
+    gated_training = json.loads((ingested_settings.models_dir / "embedder" / "v1" / "training.json").read_text())
+    assert training["mined_with"] == gated_training["mined_with"]
+    assert training["mined_with"]["vectors"] == "embedder-v0"
+    assert training["base_path"] == gated_training["base_path"]
     assert heldout <= set(row["lineage"]["pair_ids"]) and row["lineage"]["refit_of"] == 1
     assert not heldout & set(registry.get_version(engine, registry.EMBEDDER, 1)["lineage"]["pair_ids"])
     # ...so they retired to train: no later gate tests a candidate on them, and the refit is no leak
@@ -88,7 +110,11 @@ def test_a_promoted_embedder_is_refit_on_all_traffic_and_its_heldout_queries_ret
         stored = conn.execute(sa.select(GateDecision.__table__).where(GateDecision.__table__.c.candidate_version == 2)
                               ).mappings().one()
     assert stored["outcome"] == "refit" and stored["figures"]["refit_of"] == 1
+    assert stored["serving_version"] == 1  # checked against the gated candidate, which served then
     assert stored["figures"]["pairs"] > stored["figures"]["gated_pairs"]
+    # a rollback goes back to the gated candidate, collection and all: it served, and the gate judged it
+    assert rollback(engine, ingested_settings, registry.EMBEDDER)["embedder_version"] == 1
+    assert registry.serving(engine, registry.EMBEDDER)["version"] == 1
 
 
 @pytest.mark.slow

@@ -242,7 +242,7 @@ class RetentionSettings(Section):
         "rollback` (which needs the last one) and `ragloop promote --force` have them; older ones are deleted"
     )
     keep_rejected_days: float = Field(
-        7.0, ge=0, description="days a rejected (or refitted) candidate's folder is kept for inspection (`ragloop "
+        7.0, ge=0, description="days a rejected candidate's folder is kept for inspection (`ragloop "
         "eval`), then deleted; 0: at the end of the cycle that rejected it"
     )
 

@@ -81,16 +81,17 @@ class EmbedderTrainSettings(ModelTrainSettings):
     # Debian FAQs, 257 unseen questions): unseen hit@1 0.541 without the refit, 0.603 with it, 0.564 for the
     # one-shot script on the same traffic; on the examples' both halves +1.3 points over no refit (docs/research/loop-quality.md).
     refit: bool = Field(
-        True, description="after the gate promotes a full fine-tune, train it again on every real query, the gate's "
-        "held-out ones too (train.embedder.refit_from says how), and serve that refit when it passes its check; the "
-        "held-out queries it learned from then retire to train, and later candidates are gated on newer queries"
+        True, description="after the gate promotes a full fine-tune (which serves meanwhile), train it again on every "
+        "real query, the gate's held-out ones too (train.embedder.refit_from says how), and serve that refit in its "
+        "place when it passes its check; the held-out queries it learned from then retire to train, and later "
+        "candidates are gated on newer queries"
     )
     refit_from: Literal["start", "candidate"] = Field(
         "start", description='"start": the same recipe again from the same start on the train and held-out splits '
-        '(a promoting cycle 2.4-2.5x one without the refit on a 2-core CPU); "candidate": continue from the gated '
+        '(a promoting cycle 2.3-2.5x one without the refit on a 2-core CPU); "candidate": continue from the gated '
         'candidate on the held-out pairs and a replay sample of train pairs (refit_replay per held-out pair) for '
-        'refit_epochs: half the refit\'s time, but 2.7 points of unseen hit@1 behind "start" on the Perl FAQ\'s '
-        'both halves')
+        'refit_epochs: about half the refit\'s time, level with "start" on the examples but 2.7 points of unseen '
+        'hit@1 behind it on the Perl FAQ\'s both halves')
     refit_replay: float = Field(
         1.0, ge=0, le=100, description='with refit_from = "candidate": train pairs replayed per held-out pair, so the '
         'refit does not forget what the candidate learned; 0..100')

@@ -2,7 +2,8 @@
 
 Every cycle may register two candidates (~90 MB each for MiniLM, over 1 GB for a large base). Kept, per kind:
 what serves, the newest ``retention.keep_previous`` versions that served before (rollback goes to the last
-one), candidates still waiting for a decision, rejected (or refitted) candidates for
+one; a gated candidate that served until its refit replaced it is one of them), candidates still waiting for
+a decision, rejected candidates (and, in stores from before 2026-12-07, "refitted" ones) for
 ``retention.keep_rejected_days`` so they can be inspected, and any version whose document vectors a kept
 query adapter uses. The rest is deleted, its row marked ``deleted`` (the record of what it scored stays) and
 logged. Only folders under ``<state_dir>/models`` are ever deleted: a configured base model is never touched.
@@ -24,7 +25,7 @@ from daemon.models.registry import KINDS, documents_version, model_path, set_sta
 from daemon.store.db import utcnow
 
 log = structlog.get_logger(__name__)
-INSPECT = ("rejected", "refitted")  # kept for keep_rejected_days, then deleted
+INSPECT = ("rejected", "refitted")  # kept for keep_rejected_days, then deleted ("refitted": older stores)
 
 
 def apply_retention(engine: Engine, settings: Settings, now: datetime | None = None) -> list[dict[str, Any]]:

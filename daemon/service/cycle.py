@@ -8,10 +8,11 @@ train.embedder.mode picks the embedder candidate: "full" (a fine-tune; its promo
 adapter, then the full fine-tune unless its re-index would exceed index.max_reindex_s, both gated, and
 the full one promoted only when it gains gate.min_gain more (daemon/gate/decision.py, choose_embedder).
 
-A promoted full fine-tune is refit (train.embedder.refit): the same recipe trained again on the train and
-held-out splits together, which serves in its place if it passes a check against it (daemon/train/refit.py).
-The held-out queries it trained on then retire to train (gate.retire_heldout); later gates test on newer
-queries.
+A promoted full fine-tune serves at once, and is then refit (train.embedder.refit): the same recipe trained
+again on the train and held-out splits together, which replaces it (a second re-index) if it passes a check
+against it (daemon/train/refit.py). Production gains the gated candidate as soon as the gate has judged it,
+not after the refit's minutes of training. The held-out queries the refit trained on then retire to train
+(gate.retire_heldout); later gates test on newer queries.
 
 The corpus is embedded once per model version: mining reads the serving embedder's cached vectors, the
 gate adds the candidate's, and a promotion's re-index upserts those (daemon/models/vectors.py, the cache).
@@ -109,15 +110,11 @@ def run_cycle(engine: Engine, settings: Settings, *, cancel: threading.Event | N
             gated = [("full", chosen)]
         if chosen is not None and chosen.promote:
             mode = next(m for m, d in gated if d is chosen)
-            if kind == registry.EMBEDDER and mode == "full" and settings.train.embedder.refit:
-                chosen = _refit(engine, settings, chosen, report, cancel, on_stage, gated)
-            reindex = kind == registry.EMBEDDER and mode == "full"
-            on_stage(f"promoting {kind} v{chosen.candidate}" + (" (re-indexing)" if reindex else ""))
-            t = time.monotonic()
-            _promote(engine, settings, chosen)
-            if kind == registry.EMBEDDER:
-                report.stages.append({"stage": "reindex" if reindex else "promote", "kind": kind, "mode": mode,
-                                      "seconds": round(time.monotonic() - t, 3)})
+            _promote(engine, settings, chosen, mode, report, on_stage, t0)
+            if kind == registry.EMBEDDER and mode == "full" and settings.train.embedder.refit and chosen.promote:
+                refitted = _refit(engine, settings, chosen, report, cancel, on_stage, gated)
+                if refitted is not None:
+                    _promote(engine, settings, refitted, "refit", report, on_stage, t0)
         report.decisions += [{"kind": kind, "mode": m, "version": d.candidate, "outcome": d.outcome,
                               "reason": d.reason, "decision_id": d.id} for m, d in gated]
     retired = retire_heldout(engine)  # what a refit that now serves trained on tests nothing from here on
@@ -190,29 +187,37 @@ def _embedder_candidates(engine: Engine, settings: Settings, report: CycleReport
 
 def _refit(engine: Engine, settings: Settings, promoted: Decision, report: CycleReport,
            cancel: threading.Event | None, on_stage: Callable[[str], None], gated: list[tuple[str, Decision]]
-           ) -> Decision:
-    """The decision to promote: the refit of ``promoted`` on all traffic when it passes its check
-    (daemon/train/refit.py), else ``promoted``. The refit's decision joins ``gated`` as mode "refit"."""
+           ) -> Decision | None:
+    """The refit of ``promoted`` (now serving) on all traffic when it passed its check (daemon/train/refit.py),
+    to serve in its place; else None. The refit's decision joins ``gated`` as mode "refit"."""
     on_stage(f"refitting embedder v{promoted.candidate} on all traffic")
     t = time.monotonic()
     d = refit(engine, settings, promoted, cancel=cancel)
     report.stages.append({"stage": "refit", "kind": registry.EMBEDDER, "mode": "full",
                           "seconds": round(time.monotonic() - t, 3)})
     if d is None:
-        return promoted
+        return None
     gated.append(("refit", d))
-    if d.outcome != "refit":
-        return promoted
-    registry.set_status(engine, registry.EMBEDDER, promoted.candidate, "refitted")
-    return d
+    return d if d.outcome == "refit" else None
 
 
-def _promote(engine: Engine, settings: Settings, d: Decision) -> None:
+def _promote(engine: Engine, settings: Settings, d: Decision, mode: str, report: CycleReport,
+             on_stage: Callable[[str], None], t0: float) -> None:
+    """Make ``d``'s candidate serve; an embedder's promotion is timed in the report (stage "reindex" for a full
+    fine-tune or a refit, "promote" for an adapter) with ``serving_after_s``, when it served since the cycle began.
+    A failed promotion leaves what served before serving: the decision says so and the cycle goes on."""
+    reindex = d.kind == registry.EMBEDDER and mode in ("full", "refit")
+    on_stage(f"promoting {d.kind} v{d.candidate}" + (" (re-indexing)" if reindex else ""))
+    t = time.monotonic()
     try:
         promotion.promote(engine, settings, d.kind, d.candidate)
-    except Exception as exc:  # a failed re-index leaves the old model serving; say so and go on
+    except Exception as exc:
         log.error("cycle.promote_failed", kind=d.kind, version=d.candidate, error=str(exc))
         d.outcome, d.reason = "reject", f"promotion failed: {exc}"
+    if d.kind == registry.EMBEDDER:
+        now = time.monotonic()
+        report.stages.append({"stage": "reindex" if reindex else "promote", "kind": d.kind, "mode": mode,
+                              "seconds": round(now - t, 3), "serving_after_s": round(now - t0, 3)})
 
 
 def cycle_due(engine: Engine, settings: Settings, force: bool = False) -> tuple[bool, str]:

@@ -173,7 +173,8 @@ class ModelVersion(SQLModel, table=True):
     kind: str = Field(max_length=16)  # "embedder" | "reranker"
     version: int
     path: str  # a local folder or a Hugging Face id
-    status: str = Field(max_length=16)  # candidate -> serving | rejected | refitted (its refit serves) -> retired
+    # candidate -> serving | rejected -> retired; "refitted" in stores from before 2026-12-07 (its refit served instead)
+    status: str = Field(max_length=16)
     base: str | None = None  # what it was trained from (path or "<kind> v<N>")
     metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     lineage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

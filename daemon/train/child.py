@@ -367,6 +367,7 @@ def _describe(job: TrainJob, settings: Settings, data: TrainingData, state, devi
         "pairs": {"ids": pair_ids, "total": len(pair_ids), "examples": len(data.examples), "by_origin": data.counts,
                   "splits": list(job.splits)},
         "refit_of": job.refit_of,
+        "mined_with": {"model": job.mining_model, "vectors": job.mining_key},  # the serving embedder when it trained
         "data_hash": data.data_hash(),
         "hyperparameters": {**cfg.model_dump(), "batch_size_used": batch, "mining": settings.train.mining.model_dump(),
                             "weights": settings.train.weights},

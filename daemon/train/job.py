@@ -70,8 +70,10 @@ class TrainResult:
     training: dict[str, Any]
 
 
-def start_path(engine: Engine, settings: Settings, kind: str, mode: str = "full") -> tuple[str, str]:
-    """(path to start from, its label in the lineage) for a job of ``kind``.
+def start_path(engine: Engine, settings: Settings, kind: str, mode: str = "full",
+               serving: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(path to start from, its label in the lineage) for a job of ``kind``, beside the serving model of
+    that kind (or ``serving``, a registry row that stands in for it).
 
     A query adapter always sits on the serving embedder (the index holds its document vectors). A full
     fine-tune continues from the serving embedder's document model: when a query adapter serves, the
@@ -81,7 +83,7 @@ def start_path(engine: Engine, settings: Settings, kind: str, mode: str = "full"
         TrainError: a configured base that is neither a folder nor a hub id, before any work.
     """
     cfg = getattr(settings.train, kind)
-    current = registry.serving(engine, kind)
+    current = serving or registry.serving(engine, kind)
     if kind == registry.EMBEDDER and mode == "adapter":
         return registry.model_path(settings, current), f"{kind} v{current['version']}"
     if cfg.start_from == "serving" and current is not None:
@@ -113,13 +115,17 @@ def cold_start_skip(engine: Engine, settings: Settings, kind: str, train_pairs: 
 
 
 def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.Event | None = None,
-            timeout_s: float | None = None, mode: str = "full", refit_of: int | None = None) -> TrainResult:
+            timeout_s: float | None = None, mode: str = "full", refit_of: int | None = None,
+            serving_version: int | None = None) -> TrainResult:
     """Train one ``kind`` model in a child process and register it as a candidate.
 
     ``mode`` "adapter" trains a query adapter on the serving embedder (daemon/train/adapter.py) instead of a full
     fine-tune; with train.devices naming several devices, a full fine-tune runs under torchrun (DDP).
     ``refit_of`` (a version the gate just promoted) trains the same recipe from the same start on the train
     and held-out splits together; its lineage names the version it refits (daemon/train/refit.py).
+    ``serving_version`` (an embedder version) stands in for the serving embedder, where the job starts from
+    it and mines with it: a refit trains beside the embedder its candidate trained beside, though the
+    candidate itself serves by then.
 
     Raises:
         TrainError: bad configuration (before any work), a failed or timed-out child.
@@ -128,10 +134,13 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     if kind not in registry.KINDS:
         raise TrainError(f"unknown model kind {kind!r}; use one of {registry.KINDS}")
     serving_embedder = registry.ensure_base_embedder(engine, settings)
+    if serving_version is not None:
+        serving_embedder = registry.get_version(engine, registry.EMBEDDER, serving_version) or serving_embedder
     mining_model = registry.model_path(settings, serving_embedder)
     if kind != registry.EMBEDDER:
         mode = "full"
-    start, start_label = start_path(engine, settings, kind, mode)
+    start, start_label = start_path(engine, settings, kind, mode,
+                                    serving_embedder if serving_version is not None else None)
     splits, replay = ("train",), None
     if refit_of is not None:
         start, start_label, settings, replay = _refit_plan(engine, settings, refit_of, start, start_label)

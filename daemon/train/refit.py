@@ -7,8 +7,9 @@ would have trained on all of them. So, when train.embedder.refit is on (the defa
 in config.toml and docs/research/loop-quality.md), after the gate promotes a full fine-tune, the same recipe
 is trained again on the train and held-out splits together (the usual refit on all data once a model has
 been selected: from the candidate's start, or, with train.embedder.refit_from = "candidate", continued from
-the candidate on the held-out pairs and a replay sample of the train split), and the refit serves in the
-candidate's place if it passes a check against the candidate:
+the candidate on the held-out pairs and a replay sample of the train split). The gated candidate serves
+meanwhile (daemon/service/cycle.py promotes it first), and the refit replaces it if it passes a check
+against it:
 
   1. held-out {gate.embedder_metric}: refit >= candidate - gate.guard_margin. The refit has trained on these
      queries, so this is no evidence that it generalizes; it catches a refit that broke (falling short of
@@ -16,8 +17,9 @@ candidate's place if it passes a check against the candidate:
   2. the gate's guard test (daemon/gate/decision.py) on the guard set, which neither trained on: no guard metric of
      the refit below the candidate's beyond gate.guard_margin with p < 1 - gate.confidence.
 
-A refit that fails the check, or whose training fails, is rejected, and the gated candidate is promoted
-as before. Either way the decision is stored with the gate's (outcome "refit" or "reject").
+A refit that fails the check, or whose training fails, is rejected, and the gated candidate goes on
+serving. Either way the decision is stored with the gate's (outcome "refit" or "reject"), against the
+gated candidate as the serving version it was checked against.
 
 What the refit learned from can never test anything again: `gate.retire_heldout` moves the held-out
 queries of what serves to train, so later candidates are gated on queries that arrived after this
@@ -47,11 +49,13 @@ def refit(engine: Engine, settings: Settings, promoted: Decision, *, cancel: thr
           ) -> Decision | None:
     """Train the refit of the embedder ``promoted`` by the gate, check it, and record the decision.
 
-    Returns the refit's decision (outcome "refit": serve it instead; "reject": serve ``promoted``), or None
+    Returns the refit's decision (outcome "refit": serve it instead; "reject": ``promoted`` serves on), or None
     when no refit was trained (cancelled, or the training child failed: logged).
     """
     try:
-        job = run_job(engine, settings, registry.EMBEDDER, cancel=cancel, refit_of=promoted.candidate)
+        # beside the embedder the candidate trained beside (start, mined negatives), not the candidate now serving
+        job = run_job(engine, settings, registry.EMBEDDER, cancel=cancel, refit_of=promoted.candidate,
+                      serving_version=promoted.serving)
     except TrainCancelled:
         return None
     except TrainError as exc:  # the gated candidate still serves: a refit is an improvement, not a need
@@ -66,7 +70,7 @@ def refit(engine: Engine, settings: Settings, promoted: Decision, *, cancel: thr
                    gated_pairs=len((gated_row.get("lineage") or {}).get("pair_ids", [])))
     reason = (f"refit of v{promoted.candidate} on {figures['pairs']} pairs (the gated candidate: "
               f"{figures['gated_pairs']}): {reason}")
-    d = record(engine, Decision(registry.EMBEDDER, job.version, promoted.serving, "refit" if passed else "reject",
+    d = record(engine, Decision(registry.EMBEDDER, job.version, promoted.candidate, "refit" if passed else "reject",
                                 reason, figures, [], []), ev)
     return d  # no registry metrics: its held-out figures are on queries it trained on
 
