@@ -2,11 +2,13 @@
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -75,14 +77,29 @@ class Daemon:
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "-c", str(cfg), "run"], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.messages: list[str] = []
+        # read the socket all along, as systemd does: its queue holds only net.unix.max_dgram_qlen (often 10)
+        # datagrams, and the daemon drops what does not fit (MSG_DONTWAIT), so a test that stopped reading
+        # during a long cycle would lose STOPPING=1
+        self.inbox: queue.Queue[str] = queue.Queue()
+        self.sock.settimeout(0.2)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while self.sock.fileno() != -1:
+            try:
+                self.inbox.put(self.sock.recv(4096).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     def wait_for(self, prefix: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
             try:
-                msg = self.sock.recv(4096).decode()
-            except socket.timeout:
+                msg = self.inbox.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
                 break
             self.messages.append(msg)
             if msg.startswith(prefix):
@@ -94,6 +111,7 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.sock.close()
+        self.reader.join(timeout=2)
         self.log.close()
 
 
@@ -143,9 +161,11 @@ def test_daemon_ingests_cycles_promotes_and_stops_cleanly(tmp_path, db_url, dama
         # what serves: the promoted candidate, or its refit on all traffic when that passed its check
         emb = next(x for x in reversed(decided) if x["outcome"] in ("promote", "refit"))
         assert s["serving"]["models"]["embedder"]["version"] == emb["candidate"]
-        assert s["serving"]["collection"] == "chunks__v2"  # v1 was built with the broken embedder
+        # v1 was built with the broken embedder; each promotion re-indexed: the candidate's, then its refit's
+        collection = f"chunks__v{1 + sum(x['outcome'] in ('promote', 'refit') for x in decided)}"
+        assert s["serving"]["collection"] == collection
         manifest = json.loads((tmp_path / "state" / "serving.json").read_text())
-        assert manifest["collection"] == "chunks__v2" and manifest["embedder"]["version"] == emb["candidate"]
+        assert manifest["collection"] == collection and manifest["embedder"]["version"] == emb["candidate"]
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         samples = dict(re.findall(r'^(ragloop_[a-z_]+(?:\{[^}]*\})?) (\S+)$', body, re.M))
