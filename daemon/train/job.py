@@ -140,7 +140,7 @@ def run_job(engine: Engine, settings: Settings, kind: str, *, cancel: threading.
     if kind != registry.EMBEDDER:
         mode = "full"
     start, start_label = start_path(engine, settings, kind, mode,
-                                    serving_embedder if serving_version is not None else None)
+                                    serving_embedder if kind == registry.EMBEDDER else None)
     splits, replay = ("train",), None
     if refit_of is not None:
         start, start_label, settings, replay = _refit_plan(engine, settings, refit_of, start, start_label)
