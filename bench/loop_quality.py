@@ -37,7 +37,7 @@ from pathlib import Path
 
 import structlog
 
-from bench.benchmarks import DIRS, regressed_gained
+from bench.benchmarks import DIRS, per_query, regressed_gained
 from daemon.config import settings_from_dict
 from daemon.data import load_corpus
 from daemon.gate import paired_difference
@@ -348,8 +348,6 @@ def script_unseen(corpus: Corpus, seen: list[dict], wrong: dict[str, str], unsee
 
 def unseen_scores(model, corpus: Corpus, cache: Path | None, key: str, unseen: list[dict]) -> Scores:
     """Per unseen question, the metrics of ``model``'s top 50 over the corpus (vectors cached under ``key``)."""
-    from bench.benchmarks import per_query
-
     emb = corpus_embeddings(model, corpus, cache, key)
     return Scores(per_query(retrieve(model, corpus, emb, [q["query"] for q in unseen], 50), unseen))
 
